@@ -1,0 +1,1 @@
+//! Safe userfaultfd (filled by its issue).
