@@ -1,1 +1,73 @@
-//! Safe userfaultfd (filled by its issue).
+//! Linux userfaultfd: handle page faults of your own process in user space.
+//!
+//! Create a [`Uffd`] with a [`UffdBuilder`], register address ranges with it, and serve the
+//! [`Event`]s it reports from a handler thread by resolving faults with [`Uffd::copy`],
+//! [`Uffd::zeropage`], [`Uffd::r#continue`], [`Uffd::r#move`], [`Uffd::poison`] or
+//! [`Uffd::remove_write_protection`]. Write-protect dirty tracking without faults is
+//! [`FeatureFlags::WP_ASYNC`] plus [`PageMap::scan`].
+//!
+//! Everything in the Linux 6.12 uAPI is always compiled: what the running kernel supports is
+//! found at run time ([`UffdBuilder::probe_features`], the ioctls [`Uffd::register`] returns),
+//! not by Cargo features. Each item names the kernel version it needs.
+//!
+//! The names follow the `userfaultfd` 0.9 crate, so programs port by changing the dependency
+//! line; where 0.9 is wrong this crate differs (owned fds that `into_raw_fd` hands over open, an
+//! exact partial-progress rule, distinct errors for `EEXIST`, `EAGAIN`, `ENOSYS`, `EPERM`,
+//! `EACCES`): see the README.
+//!
+//! ```
+//! use std::thread;
+//! use userfaultfd::{Event, UffdBuilder};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let uffd = UffdBuilder::new().user_mode_only(true).create()?;
+//! let page = 4096;
+//! let mem = mmap::MemoryMappingBuilder::new(4 * page).private().build()?;
+//! uffd.register(mem.as_ptr().cast(), 4 * page)?;
+//!
+//! let addr = mem.as_ptr() as usize;
+//! let toucher = thread::spawn(move || {
+//!     // SAFETY: the page is mapped; the read blocks until the handler below resolves it.
+//!     unsafe { std::ptr::read_volatile((addr + page) as *const u8) }
+//! });
+//! match uffd.read_event()? {
+//!     Some(Event::Pagefault { addr, .. }) => {
+//!         let src = [42u8; 4096];
+//!         // SAFETY: `addr` is a missing page of a range registered above.
+//!         unsafe { uffd.copy(src.as_ptr().cast(), addr, page, true)? };
+//!     }
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! assert_eq!(toucher.join().unwrap(), 42);
+//! # Ok(()) }
+//! ```
+//!
+//! References: `userfaultfd(2)`, `ioctl_userfaultfd(2)`, `UFFDIO_*(2const)`,
+//! `PAGEMAP_SCAN(2const)`, and the kernel's `Documentation/admin-guide/mm/userfaultfd.rst`.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod builder;
+mod error;
+mod event;
+mod flags;
+mod ops;
+mod pagemap;
+mod range;
+mod raw;
+mod register;
+mod uffd;
+
+pub use builder::{CreationMethod, UffdBuilder};
+pub use error::{Error, Operation, Result};
+pub use event::{Event, EventBuffer, Events, FaultKind, Message, ReadWrite};
+pub use flags::{
+    ContinueMode, CopyMode, FeatureFlags, IoctlFlags, MoveMode, PoisonMode, RegisterMode,
+    WriteProtectMode, ZeropageMode,
+};
+pub use pagemap::{PageCategories, PageMap, PageRegion, ScanFlags, ScanOutcome, ScanRequest};
+pub use range::page_size;
+pub use uffd::Uffd;
+
+/// The raw uAPI this crate is built on.
+pub use userfaultfd_sys as sys;

@@ -1,0 +1,348 @@
+//! Errors: one enum for the crate, every variant naming the operation and, where the kernel
+//! gave one, the errno.
+
+use std::fmt;
+
+use nix::errno::Errno;
+
+use crate::{FeatureFlags, IoctlFlags};
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The operation that failed, named after the kernel interface it calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operation {
+    /// `userfaultfd(2)`.
+    Syscall,
+    /// `open("/dev/userfaultfd")`.
+    OpenDevice,
+    /// `ioctl(USERFAULTFD_IOC_NEW)` on `/dev/userfaultfd`.
+    IocNew,
+    /// `UFFDIO_API`.
+    Api,
+    /// `UFFDIO_REGISTER`.
+    Register,
+    /// `UFFDIO_UNREGISTER`.
+    Unregister,
+    /// `UFFDIO_WAKE`.
+    Wake,
+    /// `UFFDIO_COPY`.
+    Copy,
+    /// `UFFDIO_ZEROPAGE`.
+    Zeropage,
+    /// `UFFDIO_MOVE`.
+    Move,
+    /// `UFFDIO_WRITEPROTECT`.
+    WriteProtect,
+    /// `UFFDIO_CONTINUE`.
+    Continue,
+    /// `UFFDIO_POISON`.
+    Poison,
+    /// `read(2)` of `uffd_msg`s.
+    Read,
+    /// `open("/proc/<pid>/pagemap")`.
+    OpenPagemap,
+    /// `PAGEMAP_SCAN`.
+    PagemapScan,
+    /// `fcntl(2)` on the userfaultfd.
+    Fcntl,
+}
+
+impl Operation {
+    /// The kernel's name for the operation, e.g. `"UFFDIO_COPY"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Operation::Syscall => "userfaultfd(2)",
+            Operation::OpenDevice => "open(/dev/userfaultfd)",
+            Operation::IocNew => "USERFAULTFD_IOC_NEW",
+            Operation::Api => "UFFDIO_API",
+            Operation::Register => "UFFDIO_REGISTER",
+            Operation::Unregister => "UFFDIO_UNREGISTER",
+            Operation::Wake => "UFFDIO_WAKE",
+            Operation::Copy => "UFFDIO_COPY",
+            Operation::Zeropage => "UFFDIO_ZEROPAGE",
+            Operation::Move => "UFFDIO_MOVE",
+            Operation::WriteProtect => "UFFDIO_WRITEPROTECT",
+            Operation::Continue => "UFFDIO_CONTINUE",
+            Operation::Poison => "UFFDIO_POISON",
+            Operation::Read => "read(userfaultfd)",
+            Operation::OpenPagemap => "open(/proc/pid/pagemap)",
+            Operation::PagemapScan => "PAGEMAP_SCAN",
+            Operation::Fcntl => "fcntl(userfaultfd)",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `EPERM` from `userfaultfd(2)`: what to change.
+const EPERM_HELP: &str = "this process may not handle kernel-mode faults: set \
+sysctl vm.unprivileged_userfaultfd=1, grant CAP_SYS_PTRACE, give it read-write access to \
+/dev/userfaultfd (Linux 6.1+), or ask for user-mode-only faults with \
+UffdBuilder::user_mode_only(true)";
+
+/// Errors of this crate.
+///
+/// Every variant names the [`Operation`] that failed; those that come from the kernel carry its
+/// [`Errno`] (see [`Error::errno`]). The meaning of each errno for each ioctl is documented on the
+/// method that returns it and in `ioctl_userfaultfd(2)`.
+///
+/// The range operations (`copy`, `zeropage`, `r#continue`, `poison`, `r#move`) share one rule for
+/// their outcome, as the kernel reports it in their output field:
+///
+/// | kernel outcome | result |
+/// |---|---|
+/// | everything done | `Ok(len)` |
+/// | `0 < done < len` (`EAGAIN`, or another error after some progress) | [`Error::PartialProgress`]: resume at `dst + done` |
+/// | nothing done, `EEXIST` | [`Error::AlreadyMapped`]: the page is there; `wake` the range |
+/// | nothing done, `EAGAIN` (an unread non-cooperative event) | [`Error::MappingChanging`]: read events, then retry |
+/// | any other error | [`Error::Os`] |
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The kernel refused the operation with `errno`.
+    #[error("{op} failed: {errno} ({desc})", desc = errno.desc())]
+    Os {
+        /// What was called.
+        op: Operation,
+        /// What the kernel said.
+        errno: Errno,
+    },
+
+    /// `EEXIST` with no progress: a page is already mapped at the start of the range (a
+    /// concurrent resolution won the race, or the fault was already resolved). Pages are never
+    /// overwritten; the faulting threads may still be waiting, so call `wake` on the range.
+    #[error("{op}: a page is already mapped at {addr:#x} (EEXIST); wake the range and move on")]
+    AlreadyMapped {
+        /// What was called.
+        op: Operation,
+        /// The address of the first page of the request.
+        addr: usize,
+    },
+
+    /// The operation did `done` bytes of `len` and then stopped with `errno` (usually `EAGAIN`,
+    /// or `EEXIST` met at `dst + done`). Resume at `dst + done`.
+    #[error("{op} did {done} of {len} bytes, then stopped with {errno} ({desc}); resume at dst+{done}",
+            desc = errno.desc())]
+    PartialProgress {
+        /// What was called.
+        op: Operation,
+        /// Bytes completed from the start of the range (always `> 0` and `< len`).
+        done: usize,
+        /// Bytes requested.
+        len: usize,
+        /// Why it stopped.
+        errno: Errno,
+    },
+
+    /// `EAGAIN` with no progress: the monitored process is changing its address space
+    /// (`fork`, `mremap`, `madvise(MADV_DONTNEED)`, `munmap`) and the event it queued is unread.
+    /// Read (and handle) the pending events, then retry. Nothing was done.
+    #[error(
+        "{op}: nothing done (EAGAIN): the address space is changing and a non-cooperative \
+             event is still unread; read events, then retry"
+    )]
+    MappingChanging {
+        /// What was called.
+        op: Operation,
+    },
+
+    /// `ENOSYS`: this kernel has no userfaultfd (built without `CONFIG_USERFAULTFD`, or a
+    /// sandbox such as gVisor).
+    #[error("{op} failed: ENOSYS: userfaultfd is not available on this kernel")]
+    Unsupported {
+        /// What was called.
+        op: Operation,
+    },
+
+    /// `EPERM` creating a userfaultfd, or enabling a feature that needs `CAP_SYS_PTRACE`.
+    #[error("{op} failed: EPERM: {help}", help = permission_help(*op))]
+    PermissionDenied {
+        /// What was called.
+        op: Operation,
+    },
+
+    /// `EACCES`/`EPERM` opening `/dev/userfaultfd` (its mode is 0600 root by default).
+    #[error(
+        "{op} failed: {errno}: no read-write access to /dev/userfaultfd; change its mode or \
+             ACL, or create the fd with the syscall"
+    )]
+    DeviceAccess {
+        /// What was called.
+        op: Operation,
+        /// `EACCES` or `EPERM`.
+        errno: Errno,
+    },
+
+    /// The kernel lacks features the builder requires (`UFFDIO_API`).
+    #[error("UFFDIO_API: this kernel lacks the required features {missing:?} (it supports {supported:?})")]
+    UnsupportedFeatures {
+        /// Required but unsupported.
+        missing: FeatureFlags,
+        /// What the kernel supports.
+        supported: FeatureFlags,
+    },
+
+    /// The kernel lacks ioctls the builder requires: at creation the API ioctls and the range
+    /// ioctls the enabled features cannot provide, at registration the range ioctls the kernel
+    /// returned for that range.
+    #[error("{op}: the required ioctls {missing:?} are unavailable (available: {available:?})")]
+    UnsupportedIoctls {
+        /// `UFFDIO_API` or `UFFDIO_REGISTER`.
+        op: Operation,
+        /// Required but unavailable.
+        missing: IoctlFlags,
+        /// What is available.
+        available: IoctlFlags,
+    },
+
+    /// The arguments were rejected before any system call was made.
+    #[error("{op}: invalid argument: {reason}")]
+    InvalidArgument {
+        /// What would have been called.
+        op: Operation,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// `read(2)` returned a byte count that is not a whole number of `uffd_msg`s.
+    #[error(
+        "read(userfaultfd): incomplete uffd_msg: {read} bytes is not a multiple of {expected}"
+    )]
+    IncompleteMsg {
+        /// Bytes read.
+        read: usize,
+        /// Size of one message.
+        expected: usize,
+    },
+
+    /// `read(2)` returned end-of-file.
+    #[error("read(userfaultfd): end of file")]
+    ReadEof,
+
+    /// A message carried an event code this crate does not know (a newer kernel).
+    #[error("read(userfaultfd): unrecognised event code {event:#x}")]
+    UnrecognizedEvent {
+        /// The `uffd_msg.event` byte.
+        event: u8,
+        /// The whole message, for callers that understand it.
+        raw: [u8; 32],
+    },
+}
+
+fn permission_help(op: Operation) -> &'static str {
+    match op {
+        Operation::Api => {
+            "UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE in the initial user namespace"
+        }
+        _ => EPERM_HELP,
+    }
+}
+
+impl Error {
+    /// The errno the kernel returned, if this error came from the kernel.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            Error::Os { errno, .. }
+            | Error::PartialProgress { errno, .. }
+            | Error::DeviceAccess { errno, .. } => Some(*errno),
+            Error::AlreadyMapped { .. } => Some(Errno::EEXIST),
+            Error::MappingChanging { .. } => Some(Errno::EAGAIN),
+            Error::Unsupported { .. } => Some(Errno::ENOSYS),
+            Error::PermissionDenied { .. } => Some(Errno::EPERM),
+            _ => None,
+        }
+    }
+
+    /// The operation that failed, if the error names one.
+    pub fn operation(&self) -> Option<Operation> {
+        match self {
+            Error::Os { op, .. }
+            | Error::AlreadyMapped { op, .. }
+            | Error::PartialProgress { op, .. }
+            | Error::MappingChanging { op }
+            | Error::Unsupported { op }
+            | Error::PermissionDenied { op }
+            | Error::DeviceAccess { op, .. }
+            | Error::UnsupportedIoctls { op, .. }
+            | Error::InvalidArgument { op, .. } => Some(*op),
+            Error::UnsupportedFeatures { .. } => Some(Operation::Api),
+            Error::IncompleteMsg { .. } | Error::ReadEof | Error::UnrecognizedEvent { .. } => {
+                Some(Operation::Read)
+            }
+        }
+    }
+
+    /// Bytes completed before the error: `done` of [`Error::PartialProgress`], else 0.
+    pub fn bytes_done(&self) -> usize {
+        match self {
+            Error::PartialProgress { done, .. } => *done,
+            _ => 0,
+        }
+    }
+
+    /// An [`Error::Os`] from the thread's current `errno`.
+    pub(crate) fn last(op: Operation) -> Error {
+        Error::Os {
+            op,
+            errno: Errno::last(),
+        }
+    }
+}
+
+impl From<Error> for std::io::Error {
+    /// Keeps the errno's `ErrorKind` and the whole message (the source error).
+    fn from(e: Error) -> std::io::Error {
+        match e.errno() {
+            Some(errno) => {
+                std::io::Error::new(std::io::Error::from_raw_os_error(errno as i32).kind(), e)
+            }
+            None => std::io::Error::other(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_operation_and_errno() {
+        let e = Error::Os {
+            op: Operation::Copy,
+            errno: Errno::ENOENT,
+        };
+        let s = e.to_string();
+        assert!(s.contains("UFFDIO_COPY") && s.contains("ENOENT"), "{s}");
+        let s = Error::PermissionDenied {
+            op: Operation::Syscall,
+        }
+        .to_string();
+        assert!(s.contains("unprivileged_userfaultfd") && s.contains("user_mode_only"));
+        let p = Error::PartialProgress {
+            op: Operation::Move,
+            done: 4096,
+            len: 8192,
+            errno: Errno::EAGAIN,
+        };
+        assert_eq!(p.bytes_done(), 4096);
+        assert_eq!(p.errno(), Some(Errno::EAGAIN));
+        assert!(p.to_string().contains("UFFDIO_MOVE did 4096 of 8192"));
+    }
+
+    #[test]
+    fn io_error_keeps_errno() {
+        let e: std::io::Error = Error::AlreadyMapped {
+            op: Operation::Copy,
+            addr: 0x1000,
+        }
+        .into();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+    }
+}

@@ -1,0 +1,451 @@
+//! Resolving faults: `UFFDIO_COPY`, `UFFDIO_ZEROPAGE`, `UFFDIO_CONTINUE`, `UFFDIO_POISON`,
+//! `UFFDIO_MOVE` and `UFFDIO_WRITEPROTECT` (`ioctl_userfaultfd(2)` and each `UFFDIO_*(2const)`).
+//!
+//! # One rule for partial progress
+//!
+//! COPY, ZEROPAGE, CONTINUE, POISON and MOVE report progress in an output field: bytes done, or
+//! `-errno`. The kernel leaves that field untouched when it rejects the request early, so it is
+//! pre-set to 0 here. The outcome is then:
+//!
+//! * everything done: `Ok(len)`;
+//! * some bytes done and then an error (`EAGAIN`, or `EEXIST` at `dst+done`):
+//!   [`Error::PartialProgress`] with `done`; resume at `dst + done`;
+//! * nothing done and `EEXIST`: [`Error::AlreadyMapped`]: call [`Uffd::wake`];
+//! * nothing done and `EAGAIN` (the field holds `-EAGAIN` while a fork/remap/remove/unmap event
+//!   is unread): [`Error::MappingChanging`], never a byte count;
+//! * anything else: [`Error::Os`] with the errno.
+//!
+//! None of these methods allocates.
+
+use std::os::fd::AsFd;
+
+use libc::c_void;
+use nix::errno::Errno;
+use userfaultfd_sys as sys;
+
+use crate::error::{Error, Operation, Result};
+use crate::{
+    range, raw, ContinueMode, CopyMode, MoveMode, PoisonMode, Uffd, WriteProtectMode, ZeropageMode,
+};
+
+/// Applies the partial-progress rule to one ioctl's outcome.
+fn outcome(
+    op: Operation,
+    ret: std::result::Result<i32, Errno>,
+    field: i64,
+    len: usize,
+    dst: usize,
+) -> Result<usize> {
+    match ret {
+        Ok(_) => Ok(len),
+        Err(errno) if field > 0 && (field as u64) < len as u64 => Err(Error::PartialProgress {
+            op,
+            done: field as usize,
+            len,
+            errno,
+        }),
+        Err(Errno::EEXIST) => Err(Error::AlreadyMapped { op, addr: dst }),
+        Err(Errno::EAGAIN) => Err(Error::MappingChanging { op }),
+        Err(errno) => Err(Error::Os { op, errno }),
+    }
+}
+
+fn wake_mode(wake: bool, dontwake: u64) -> u64 {
+    if wake {
+        0
+    } else {
+        dontwake
+    }
+}
+
+impl Uffd {
+    /// Resolves missing faults by atomically copying `len` bytes from `src` into the registered
+    /// range at `dst` (`UFFDIO_COPY`, Linux 4.3), then wakes the faulting threads if `wake`.
+    /// Returns `len` on full success; see the [module docs](self) for partial progress.
+    ///
+    /// # Safety
+    ///
+    /// The pages at `dst` become visible to the whole process with `src`'s bytes. The caller must
+    /// ensure that `dst..dst+len` is memory whose contents it is entitled to define (a range it
+    /// registered and that no live Rust reference assumes to hold other values), and that `src`
+    /// is readable for `len` bytes (the kernel returns `EFAULT` otherwise, but reading memory
+    /// another thread is mutating is a data race).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyMapped`] (`EEXIST`), [`Error::PartialProgress`], [`Error::MappingChanging`],
+    /// [`Error::InvalidArgument`] (zero length, unaligned, wrap-around), and [`Error::Os`]:
+    /// `ENOENT` (range not registered, or crossing its end), `EFAULT` (`src` unreadable),
+    /// `EINVAL` (hugetlb length not a huge-page multiple), `ESRCH` (the process exited),
+    /// `ENOMEM`.
+    #[doc(alias = "UFFDIO_COPY")]
+    pub unsafe fn copy(
+        &self,
+        src: *const c_void,
+        dst: *mut c_void,
+        len: usize,
+        wake: bool,
+    ) -> Result<usize> {
+        let mode = CopyMode::from_bits_retain(wake_mode(wake, sys::UFFDIO_COPY_MODE_DONTWAKE));
+        // SAFETY: forwarded from the caller.
+        unsafe { self.copy_with_mode(src, dst, len, mode) }
+    }
+
+    /// [`copy`](Self::copy) with an explicit mode: [`CopyMode::DONTWAKE`], [`CopyMode::WP`]
+    /// (map the pages write-protected; Linux 5.7, the range must be registered WRITE_PROTECT,
+    /// else `EINVAL`).
+    ///
+    /// # Safety
+    ///
+    /// As [`copy`](Self::copy).
+    ///
+    /// # Errors
+    ///
+    /// As [`copy`](Self::copy).
+    pub unsafe fn copy_with_mode(
+        &self,
+        src: *const c_void,
+        dst: *mut c_void,
+        len: usize,
+        mode: CopyMode,
+    ) -> Result<usize> {
+        let op = Operation::Copy;
+        range::check(op, dst as usize, len)?;
+        let mut arg = sys::uffdio_copy {
+            dst: dst as u64,
+            src: src as u64,
+            len: len as u64,
+            mode: mode.bits(),
+            copy: 0,
+        };
+        // SAFETY: `arg` is a live `uffdio_copy` that UFFDIO_COPY reads and writes; the caller
+        // vouches for the memory effects on `dst` and the readability of `src`.
+        let ret = unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_COPY, &mut arg) };
+        outcome(op, ret, arg.copy, len, dst as usize)
+    }
+
+    /// Resolves missing faults by mapping zero pages over `[start, start+len)`
+    /// (`UFFDIO_ZEROPAGE`, Linux 4.3); wakes if `wake`. Not available on hugetlb (`EINVAL`).
+    ///
+    /// # Safety
+    ///
+    /// The range's contents become zero for the whole process: the caller must be entitled to
+    /// define them (see [`copy`](Self::copy)).
+    ///
+    /// # Errors
+    ///
+    /// As [`copy`](Self::copy); `EINVAL` on hugetlb.
+    #[doc(alias = "UFFDIO_ZEROPAGE")]
+    pub unsafe fn zeropage(&self, start: *mut c_void, len: usize, wake: bool) -> Result<usize> {
+        let mode =
+            ZeropageMode::from_bits_retain(wake_mode(wake, sys::UFFDIO_ZEROPAGE_MODE_DONTWAKE));
+        // SAFETY: forwarded from the caller.
+        unsafe { self.zeropage_with_mode(start, len, mode) }
+    }
+
+    /// [`zeropage`](Self::zeropage) with an explicit mode.
+    ///
+    /// # Safety
+    ///
+    /// As [`zeropage`](Self::zeropage).
+    ///
+    /// # Errors
+    ///
+    /// As [`zeropage`](Self::zeropage).
+    pub unsafe fn zeropage_with_mode(
+        &self,
+        start: *mut c_void,
+        len: usize,
+        mode: ZeropageMode,
+    ) -> Result<usize> {
+        let op = Operation::Zeropage;
+        range::check(op, start as usize, len)?;
+        let mut arg = sys::uffdio_zeropage {
+            range: sys::uffdio_range {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: mode.bits(),
+            zeropage: 0,
+        };
+        // SAFETY: `arg` is a live `uffdio_zeropage`; the caller vouches for the memory effect.
+        let ret = unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_ZEROPAGE, &mut arg) };
+        outcome(op, ret, arg.zeropage, len, start as usize)
+    }
+
+    /// Resolves minor faults by mapping the pages already in the page cache over
+    /// `[start, start+len)` (`UFFDIO_CONTINUE`, Linux 5.13); wakes if `wake`. Fill the pages
+    /// first through a second, unregistered mapping of the same file.
+    ///
+    /// Safe: the bytes that appear are the file's, which is what this shared mapping shows by
+    /// definition.
+    ///
+    /// # Errors
+    ///
+    /// As [`copy`](Self::copy), plus `EFAULT` when a page is not in the page cache and `EINVAL`
+    /// on anonymous memory.
+    #[doc(alias = "UFFDIO_CONTINUE")]
+    pub fn r#continue(&self, start: *mut c_void, len: usize, wake: bool) -> Result<usize> {
+        let mode =
+            ContinueMode::from_bits_retain(wake_mode(wake, sys::UFFDIO_CONTINUE_MODE_DONTWAKE));
+        self.continue_with_mode(start, len, mode)
+    }
+
+    /// [`r#continue`](Self::r#continue) with an explicit mode: [`ContinueMode::DONTWAKE`],
+    /// [`ContinueMode::WP`] (Linux 6.4; the range must be registered WRITE_PROTECT).
+    ///
+    /// # Errors
+    ///
+    /// As [`r#continue`](Self::r#continue).
+    pub fn continue_with_mode(
+        &self,
+        start: *mut c_void,
+        len: usize,
+        mode: ContinueMode,
+    ) -> Result<usize> {
+        let op = Operation::Continue;
+        range::check(op, start as usize, len)?;
+        let mut arg = sys::uffdio_continue {
+            range: sys::uffdio_range {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: mode.bits(),
+            mapped: 0,
+        };
+        // SAFETY: `arg` is a live `uffdio_continue`; CONTINUE maps existing page-cache pages,
+        // whose contents the shared mapping already exposes.
+        let ret = unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_CONTINUE, &mut arg) };
+        outcome(op, ret, arg.mapped, len, start as usize)
+    }
+
+    /// Resolves missing faults by marking `[start, start+len)` poisoned (`UFFDIO_POISON`,
+    /// Linux 6.6): any later access raises `SIGBUS`. Used to forward memory errors found at the
+    /// source of a migration. Wakes if `wake` (the woken threads then get `SIGBUS`).
+    ///
+    /// # Errors
+    ///
+    /// As [`copy`](Self::copy); poison never replaces a present page (`EEXIST`).
+    #[doc(alias = "UFFDIO_POISON")]
+    pub fn poison(&self, start: *mut c_void, len: usize, wake: bool) -> Result<usize> {
+        let mode = PoisonMode::from_bits_retain(wake_mode(wake, sys::UFFDIO_POISON_MODE_DONTWAKE));
+        self.poison_with_mode(start, len, mode)
+    }
+
+    /// [`poison`](Self::poison) with an explicit mode.
+    ///
+    /// # Errors
+    ///
+    /// As [`poison`](Self::poison).
+    pub fn poison_with_mode(
+        &self,
+        start: *mut c_void,
+        len: usize,
+        mode: PoisonMode,
+    ) -> Result<usize> {
+        let op = Operation::Poison;
+        range::check(op, start as usize, len)?;
+        let mut arg = sys::uffdio_poison {
+            range: sys::uffdio_range {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: mode.bits(),
+            updated: 0,
+        };
+        // SAFETY: `arg` is a live `uffdio_poison`. Poison only affects missing pages, which then
+        // raise SIGBUS on access instead of holding any value.
+        let ret = unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_POISON, &mut arg) };
+        outcome(op, ret, arg.updated, len, start as usize)
+    }
+
+    /// Resolves missing faults by moving the anonymous pages at `src` to `dst` without copying
+    /// (`UFFDIO_MOVE`, Linux 6.8); `src` becomes a hole. Wakes if `wake`.
+    ///
+    /// Both ranges must be private anonymous memory of the process that created this `Uffd`,
+    /// with `dst` registered; `src` pages must be exclusive to this process (use `MADV_DONTFORK`
+    /// on `src` if the process forks).
+    ///
+    /// # Safety
+    ///
+    /// `dst`'s contents become `src`'s and `src`'s pages disappear (later reads there see zeros
+    /// or fault): the caller must be entitled to define both ranges' contents and no live Rust
+    /// reference may point into either.
+    ///
+    /// # Errors
+    ///
+    /// As [`copy`](Self::copy), plus `ENOENT` for a hole in `src` (unless
+    /// [`MoveMode::ALLOW_SRC_HOLES`]), `EBUSY` for a shared or pinned source page, `EINVAL` for
+    /// non-anonymous, hugetlb, or cross-process ranges; `EAGAIN` with no progress can also mean
+    /// the page tables changed under the move: retry.
+    #[doc(alias = "UFFDIO_MOVE")]
+    pub unsafe fn r#move(
+        &self,
+        src: *mut c_void,
+        dst: *mut c_void,
+        len: usize,
+        wake: bool,
+    ) -> Result<usize> {
+        let mode = MoveMode::from_bits_retain(wake_mode(wake, sys::UFFDIO_MOVE_MODE_DONTWAKE));
+        // SAFETY: forwarded from the caller.
+        unsafe { self.move_with_mode(src, dst, len, mode) }
+    }
+
+    /// [`r#move`](Self::r#move) with an explicit mode: [`MoveMode::DONTWAKE`],
+    /// [`MoveMode::ALLOW_SRC_HOLES`].
+    ///
+    /// # Safety
+    ///
+    /// As [`r#move`](Self::r#move).
+    ///
+    /// # Errors
+    ///
+    /// As [`r#move`](Self::r#move).
+    pub unsafe fn move_with_mode(
+        &self,
+        src: *mut c_void,
+        dst: *mut c_void,
+        len: usize,
+        mode: MoveMode,
+    ) -> Result<usize> {
+        let op = Operation::Move;
+        range::check(op, dst as usize, len)?;
+        range::check(op, src as usize, len)?;
+        let mut arg = sys::uffdio_move {
+            dst: dst as u64,
+            src: src as u64,
+            len: len as u64,
+            mode: mode.bits(),
+            move_: 0,
+        };
+        // SAFETY: `arg` is a live `uffdio_move`; the caller vouches for both ranges.
+        let ret = unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_MOVE, &mut arg) };
+        outcome(op, ret, arg.move_, len, dst as usize)
+    }
+
+    /// Write-protects `[start, start+len)` (`UFFDIO_WRITEPROTECT` with `MODE_WP`, Linux 5.7).
+    /// The range must be registered [`RegisterMode::WRITE_PROTECT`](crate::RegisterMode::WRITE_PROTECT).
+    /// Writes then fault with [`FaultKind::WriteProtected`](crate::FaultKind::WriteProtected), or,
+    /// with [`FeatureFlags::WP_ASYNC`](crate::FeatureFlags::WP_ASYNC), are recorded for
+    /// `PAGEMAP_SCAN` and proceed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`], [`Error::MappingChanging`] (`EAGAIN`), and [`Error::Os`]:
+    /// `ENOENT` (not registered WRITE_PROTECT), `EINVAL` (hugetlb range not huge-page aligned).
+    #[doc(alias = "UFFDIO_WRITEPROTECT")]
+    pub fn write_protect(&self, start: *mut c_void, len: usize) -> Result<()> {
+        self.write_protect_with_mode(start, len, WriteProtectMode::WP)
+    }
+
+    /// Removes write protection from `[start, start+len)` and, if `wake`, wakes the threads
+    /// waiting on its write-protect faults (`UFFDIO_WRITEPROTECT`, Linux 5.7).
+    ///
+    /// # Errors
+    ///
+    /// As [`write_protect`](Self::write_protect).
+    pub fn remove_write_protection(
+        &self,
+        start: *mut c_void,
+        len: usize,
+        wake: bool,
+    ) -> Result<()> {
+        let mode = WriteProtectMode::from_bits_retain(wake_mode(
+            wake,
+            sys::UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
+        ));
+        self.write_protect_with_mode(start, len, mode)
+    }
+
+    /// `UFFDIO_WRITEPROTECT` with an explicit mode (`WP | DONTWAKE` together is `EINVAL`).
+    ///
+    /// # Errors
+    ///
+    /// As [`write_protect`](Self::write_protect).
+    pub fn write_protect_with_mode(
+        &self,
+        start: *mut c_void,
+        len: usize,
+        mode: WriteProtectMode,
+    ) -> Result<()> {
+        let op = Operation::WriteProtect;
+        range::check(op, start as usize, len)?;
+        let mut arg = sys::uffdio_writeprotect {
+            range: sys::uffdio_range {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: mode.bits(),
+        };
+        // SAFETY: `arg` is a live `uffdio_writeprotect`; changing protection does not change
+        // memory contents.
+        match unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_WRITEPROTECT, &mut arg) } {
+            Ok(_) => Ok(()),
+            Err(Errno::EAGAIN) => Err(Error::MappingChanging { op }),
+            Err(errno) => Err(Error::Os { op, errno }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OP: Operation = Operation::Copy;
+
+    #[test]
+    fn full_success_is_len() {
+        assert_eq!(outcome(OP, Ok(0), 8192, 8192, 0x1000).unwrap(), 8192);
+    }
+
+    #[test]
+    fn partial_progress_reports_bytes_done() {
+        let e = outcome(OP, Err(Errno::EAGAIN), 4096, 8192, 0x1000).unwrap_err();
+        assert!(matches!(
+            e,
+            Error::PartialProgress {
+                done: 4096,
+                len: 8192,
+                errno: Errno::EAGAIN,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn negative_field_is_never_a_byte_count() {
+        let e = outcome(OP, Err(Errno::EAGAIN), -(libc::EAGAIN as i64), 8192, 0).unwrap_err();
+        assert!(matches!(e, Error::MappingChanging { .. }));
+        assert_eq!(e.bytes_done(), 0);
+    }
+
+    #[test]
+    fn eexist_without_progress_is_already_mapped() {
+        let e = outcome(OP, Err(Errno::EEXIST), -(libc::EEXIST as i64), 4096, 0x5000).unwrap_err();
+        assert!(matches!(e, Error::AlreadyMapped { addr: 0x5000, .. }));
+    }
+
+    #[test]
+    fn untouched_field_means_early_rejection() {
+        let e = outcome(OP, Err(Errno::EINVAL), 0, 4096, 0).unwrap_err();
+        assert!(matches!(
+            e,
+            Error::Os {
+                errno: Errno::EINVAL,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn field_claiming_more_than_len_is_not_partial() {
+        let e = outcome(OP, Err(Errno::EIO), 1 << 40, 4096, 0).unwrap_err();
+        assert!(matches!(
+            e,
+            Error::Os {
+                errno: Errno::EIO,
+                ..
+            }
+        ));
+    }
+}

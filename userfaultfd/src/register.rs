@@ -1,0 +1,196 @@
+//! Registering address ranges: `UFFDIO_REGISTER` and `UFFDIO_UNREGISTER`
+//! (`UFFDIO_REGISTER(2const)`, `UFFDIO_UNREGISTER(2const)`).
+
+use std::os::fd::AsFd;
+
+use libc::c_void;
+use mmap::MappedRegion;
+use nix::errno::Errno;
+use userfaultfd_sys as sys;
+
+use crate::error::{Error, Operation, Result};
+use crate::{range, raw, IoctlFlags, RegisterMode, Uffd};
+
+impl Uffd {
+    /// Registers `[start, start+len)` for missing-page faults; returns the ioctls available on
+    /// the range. Same as [`register_with_mode`](Self::register_with_mode) with
+    /// [`RegisterMode::MISSING`]. Linux 4.3.
+    ///
+    /// # Errors
+    ///
+    /// See [`register_with_mode`](Self::register_with_mode).
+    #[doc(alias = "UFFDIO_REGISTER")]
+    pub fn register(&self, start: *mut c_void, len: usize) -> Result<IoctlFlags> {
+        self.register_with_mode(start, len, RegisterMode::MISSING)
+    }
+
+    /// Registers `[start, start+len)` with `mode` and returns the ioctls the kernel allows on
+    /// it (`UFFDIO_REGISTER`, Linux 4.3; `WRITE_PROTECT` 5.7; `MINOR` 5.13).
+    ///
+    /// Registering again with the same `Uffd` adds modes (it never removes one: unregister
+    /// first). The answer is coarse: the kernel advertises `MOVE` on shmem and `COPY` on
+    /// MINOR-only ranges, where they then fail.
+    ///
+    /// If the builder required range ioctls ([`UffdBuilder::require_ioctls`](crate::UffdBuilder::require_ioctls))
+    /// that the kernel does not return for this range, the range is unregistered again and
+    /// [`Error::UnsupportedIoctls`] is returned.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use userfaultfd::{IoctlFlags, RegisterMode, UffdBuilder};
+    /// let uffd = UffdBuilder::new().user_mode_only(true).create()?;
+    /// let mem = mmap::MemoryMappingBuilder::new(4 * 4096).private().build()?;
+    /// let ioctls = uffd.register_with_mode(mem.as_ptr().cast(), 4 * 4096, RegisterMode::MISSING)?;
+    /// assert!(ioctls.contains(IoctlFlags::COPY | IoctlFlags::ZEROPAGE | IoctlFlags::WAKE));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// * [`Error::InvalidArgument`]: zero length, unaligned start or length, wrap-around.
+    /// * `EINVAL` ([`Error::Os`]): empty or unknown `mode`; no mapping in the range; a mapping
+    ///   that cannot be registered in this mode (MINOR on anonymous memory, a regular file,
+    ///   hugetlb ranges not aligned to the huge page).
+    /// * `EBUSY`: part of the range is registered with another userfaultfd.
+    /// * `EPERM`: a shared mapping without write permission (`VM_MAYWRITE`).
+    /// * `ENOMEM`: the process is exiting.
+    pub fn register_with_mode(
+        &self,
+        start: *mut c_void,
+        len: usize,
+        mode: RegisterMode,
+    ) -> Result<IoctlFlags> {
+        let op = Operation::Register;
+        range::check(op, start as usize, len)?;
+        let mut arg = sys::uffdio_register {
+            range: sys::uffdio_range {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: mode.bits(),
+            ioctls: 0,
+        };
+        // SAFETY: `arg` is a live `uffdio_register` that UFFDIO_REGISTER reads and writes.
+        // Registering changes how faults in the range are handled, not memory contents.
+        unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_REGISTER, &mut arg) }
+            .map_err(|errno| Error::Os { op, errno })?;
+        let ioctls = IoctlFlags::from_bits_retain(arg.ioctls);
+        let missing = self.info().required_range_ioctls - ioctls;
+        if !missing.is_empty() {
+            let _ = self.unregister(start, len);
+            return Err(Error::UnsupportedIoctls {
+                op,
+                missing,
+                available: ioctls,
+            });
+        }
+        Ok(ioctls)
+    }
+
+    /// Registers the whole of a mapping (e.g. an `mmap::MemoryMapping`) with `mode`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use userfaultfd::{RegisterMode, UffdBuilder};
+    /// let uffd = UffdBuilder::new().user_mode_only(true).create()?;
+    /// let mem = mmap::MemoryMappingBuilder::new(1 << 20).private().build()?;
+    /// uffd.register_region(&mem, RegisterMode::MISSING)?;
+    /// uffd.unregister_region(&mem)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`register_with_mode`](Self::register_with_mode).
+    pub fn register_region<R: MappedRegion + ?Sized>(
+        &self,
+        region: &R,
+        mode: RegisterMode,
+    ) -> Result<IoctlFlags> {
+        self.register_with_mode(region.as_ptr().cast(), region.size(), mode)
+    }
+
+    /// Registers `[offset, offset+len)` of a mapping with `mode`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when the range does not lie inside the mapping; otherwise as
+    /// [`register_with_mode`](Self::register_with_mode).
+    pub fn register_region_range<R: MappedRegion + ?Sized>(
+        &self,
+        region: &R,
+        offset: usize,
+        len: usize,
+        mode: RegisterMode,
+    ) -> Result<IoctlFlags> {
+        let start = region_range(Operation::Register, region, offset, len)?;
+        self.register_with_mode(start, len, mode)
+    }
+
+    /// Unregisters `[start, start+len)` (`UFFDIO_UNREGISTER`, Linux 4.3): threads blocked on
+    /// missing faults there are woken and get the kernel's default handling; write protection
+    /// is cleared. Works even while a non-cooperative event is unread.
+    ///
+    /// # Errors
+    ///
+    /// * [`Error::InvalidArgument`]: zero length, unaligned, wrap-around.
+    /// * `EINVAL`: no mapping in the range, or part of it belongs to another userfaultfd.
+    /// * `ENOMEM`: the process is exiting.
+    #[doc(alias = "UFFDIO_UNREGISTER")]
+    pub fn unregister(&self, start: *mut c_void, len: usize) -> Result<()> {
+        self.range_ioctl(Operation::Unregister, sys::UFFDIO_UNREGISTER, start, len)
+    }
+
+    /// Unregisters the whole of a mapping.
+    ///
+    /// # Errors
+    ///
+    /// As [`unregister`](Self::unregister).
+    pub fn unregister_region<R: MappedRegion + ?Sized>(&self, region: &R) -> Result<()> {
+        self.unregister(region.as_ptr().cast(), region.size())
+    }
+
+    /// Wakes the threads waiting on faults in `[start, start+len)` (`UFFDIO_WAKE`, Linux 4.3),
+    /// after resolving with a `DONTWAKE` mode or after [`Error::AlreadyMapped`]. Succeeds when
+    /// nobody waits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for zero length, unaligned or wrapping ranges; `EINVAL` from the
+    /// kernel for ranges outside the address space.
+    #[doc(alias = "UFFDIO_WAKE")]
+    pub fn wake(&self, start: *mut c_void, len: usize) -> Result<()> {
+        self.range_ioctl(Operation::Wake, sys::UFFDIO_WAKE, start, len)
+    }
+
+    fn range_ioctl(&self, op: Operation, req: u32, start: *mut c_void, len: usize) -> Result<()> {
+        range::check(op, start as usize, len)?;
+        let mut arg = sys::uffdio_range {
+            start: start as u64,
+            len: len as u64,
+        };
+        // SAFETY: `arg` is a live `uffdio_range`, the argument of UFFDIO_UNREGISTER and
+        // UFFDIO_WAKE, which only read it. Neither changes memory contents.
+        match unsafe { raw::ioctl(self.as_fd(), req, &mut arg) } {
+            Ok(_) => Ok(()),
+            Err(Errno::EAGAIN) => Err(Error::MappingChanging { op }),
+            Err(errno) => Err(Error::Os { op, errno }),
+        }
+    }
+}
+
+/// The start address of `[offset, offset+len)` inside `region`, checked.
+pub(crate) fn region_range<R: MappedRegion + ?Sized>(
+    op: Operation,
+    region: &R,
+    offset: usize,
+    len: usize,
+) -> Result<*mut c_void> {
+    match offset.checked_add(len) {
+        Some(end) if end <= region.size() => Ok(region.as_ptr().wrapping_add(offset).cast()),
+        _ => Err(Error::InvalidArgument {
+            op,
+            reason: "the range does not lie inside the mapping",
+        }),
+    }
+}
