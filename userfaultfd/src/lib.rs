@@ -65,9 +65,15 @@ pub use flags::{
     ContinueMode, CopyMode, FeatureFlags, IoctlFlags, MoveMode, PoisonMode, RegisterMode,
     WriteProtectMode, ZeropageMode,
 };
+pub use ops::range_outcome;
 pub use pagemap::{PageCategories, PageMap, PageRegion, ScanFlags, ScanOutcome, ScanRequest};
 pub use range::page_size;
 pub use uffd::Uffd;
+
+/// The errno type of [`Error`] (re-exported from `nix`, as the 0.9 crate used it).
+pub use nix::errno::Errno;
+/// The thread-id type of [`Event::Pagefault`] (re-exported from `nix`).
+pub use nix::unistd::Pid;
 
 /// The raw uAPI this crate is built on.
 pub use userfaultfd_sys as sys;

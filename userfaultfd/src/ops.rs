@@ -28,7 +28,45 @@ use crate::{
     range, raw, ContinueMode, CopyMode, MoveMode, PoisonMode, Uffd, WriteProtectMode, ZeropageMode,
 };
 
-/// Applies the partial-progress rule to one ioctl's outcome.
+/// The partial-progress rule (see the [module docs](self)) as a pure function: what a range
+/// ioctl's outcome means, given the errno it failed with (`None` on success), the value the
+/// kernel left in its output field (pre-set to 0), the requested length and the destination.
+///
+/// Every range method of [`Uffd`] applies this; it is public so that callers issuing the raw
+/// ioctls themselves (or fuzzers) get the same interpretation.
+///
+/// ```
+/// use userfaultfd::{range_outcome, Errno, Error, Operation};
+/// assert_eq!(range_outcome(Operation::Copy, None, 8192, 8192, 0x1000).unwrap(), 8192);
+/// let e = range_outcome(Operation::Copy, Some(Errno::EAGAIN), -11, 8192, 0x1000).unwrap_err();
+/// assert!(matches!(e, Error::MappingChanging { .. }));
+/// ```
+///
+/// # Errors
+///
+/// [`Error::PartialProgress`], [`Error::AlreadyMapped`], [`Error::MappingChanging`] or
+/// [`Error::Os`], as the module docs describe.
+pub fn range_outcome(
+    op: Operation,
+    errno: Option<Errno>,
+    field: i64,
+    len: usize,
+    dst: usize,
+) -> Result<usize> {
+    match errno {
+        None => Ok(len),
+        Some(errno) if field > 0 && (field as u64) < len as u64 => Err(Error::PartialProgress {
+            op,
+            done: field as usize,
+            len,
+            errno,
+        }),
+        Some(Errno::EEXIST) => Err(Error::AlreadyMapped { op, addr: dst }),
+        Some(Errno::EAGAIN) => Err(Error::MappingChanging { op }),
+        Some(errno) => Err(Error::Os { op, errno }),
+    }
+}
+
 fn outcome(
     op: Operation,
     ret: std::result::Result<i32, Errno>,
@@ -36,18 +74,7 @@ fn outcome(
     len: usize,
     dst: usize,
 ) -> Result<usize> {
-    match ret {
-        Ok(_) => Ok(len),
-        Err(errno) if field > 0 && (field as u64) < len as u64 => Err(Error::PartialProgress {
-            op,
-            done: field as usize,
-            len,
-            errno,
-        }),
-        Err(Errno::EEXIST) => Err(Error::AlreadyMapped { op, addr: dst }),
-        Err(Errno::EAGAIN) => Err(Error::MappingChanging { op }),
-        Err(errno) => Err(Error::Os { op, errno }),
-    }
+    range_outcome(op, ret.err(), field, len, dst)
 }
 
 fn wake_mode(wake: bool, dontwake: u64) -> u64 {
