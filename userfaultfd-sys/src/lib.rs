@@ -46,9 +46,9 @@ use ioctl::{io, ior, iowr, PROCFS_IOCTL_MAGIC};
 
 /// `UFFD_API_IOCTLS`: the ioctls `UFFDIO_API` reports on every fd (`REGISTER`, `UNREGISTER`,
 /// `API`). Bit 63 is set, which the macro evaluation bindgen relies on cannot represent, so it is
-/// spelled here and checked against what a C program prints (`tests/data`). Since Linux 4.3.
-pub const UFFD_API_IOCTLS: u64 =
-    1 << _UFFDIO_REGISTER | 1 << _UFFDIO_UNREGISTER | 1 << _UFFDIO_API;
+/// spelled here and checked against what a C program prints (`tests/c_numbers.rs`). Since
+/// Linux 4.3.
+pub const UFFD_API_IOCTLS: u64 = 1 << _UFFDIO_REGISTER | 1 << _UFFDIO_UNREGISTER | 1 << _UFFDIO_API;
 
 /// `UFFDIO_API`: `_IOWR(0xAA, 0x3F, struct uffdio_api)`, the handshake (Linux 4.3).
 pub const UFFDIO_API: u32 = iowr::<uffdio_api>(UFFDIO, _UFFDIO_API);

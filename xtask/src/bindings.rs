@@ -190,7 +190,8 @@ fn is_ident(b: u8) -> bool {
 
 /// The bindgen version recorded in the workspace's `Cargo.lock`.
 fn bindgen_version() -> String {
-    let lock = std::fs::read_to_string(crate::workspace_root().join("Cargo.lock")).unwrap_or_default();
+    let lock =
+        std::fs::read_to_string(crate::workspace_root().join("Cargo.lock")).unwrap_or_default();
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
         if line == "name = \"bindgen\"" {
