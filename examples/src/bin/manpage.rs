@@ -1,0 +1,117 @@
+//! The example program of the `userfaultfd(2)` man page, in Rust.
+//!
+//! Maps N pages (argument, default 3), registers them for missing-page faults and starts a
+//! handler thread that polls the userfaultfd, reads one event, fills a page with a letter (`A`
+//! for the first fault, `B` for the next, ...) and copies it in with `UFFDIO_COPY`. The main
+//! thread reads a byte every 1024 bytes of the region and checks it saw the expected letters.
+
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use examples::{fail, finish, page_size, wait_readable, Args, Wait};
+use mmap::MemoryMappingBuilder;
+use userfaultfd::{Event, Uffd, UffdBuilder};
+
+const USAGE: &str = "\
+usage: manpage [NUM_PAGES]
+
+The userfaultfd(2) man-page example: a handler thread serves missing-page faults on
+NUM_PAGES pages (default 3, at most 1000) by copying in a page filled with a letter.";
+
+/// The handler thread: `pages` times poll, read one event, copy a page in.
+fn serve(uffd: &Uffd, pages: usize, ps: usize) -> Result<usize, String> {
+    let mut page = vec![0u8; ps];
+    for fault in 0..pages {
+        match wait_readable(&[uffd.as_fd()], None, Duration::from_secs(30)) {
+            Ok(Wait::Ready(_)) => {}
+            other => return Err(format!("poll: {other:?}")),
+        }
+        println!("\nfault_handler_thread():");
+        println!("    poll() returns: POLLIN = 1; POLLERR = 0");
+        let event = match uffd.read_event() {
+            Ok(Some(e)) => e,
+            Ok(None) => return Err("EAGAIN on read".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let Event::Pagefault { addr, rw, .. } = event else {
+            return Err(format!("unexpected event {event:?}"));
+        };
+        println!("    UFFD_EVENT_PAGEFAULT event: {rw:?}; address = {addr:p}");
+        page.fill(b'A' + (fault % 26) as u8);
+        // SAFETY: `addr` is a missing page of the region registered above, which this
+        // program owns; `page` is a live buffer of one page.
+        let n = unsafe { uffd.copy(page.as_ptr().cast(), addr, ps, true) }
+            .map_err(|e| e.to_string())?;
+        println!("        (uffdio_copy.copy returned {n})");
+    }
+    Ok(pages)
+}
+
+fn run(pages: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let ps = page_size();
+    let len = pages * ps;
+    // The man page uses kernel-mode faults only if permitted; the reads here are the program's
+    // own, so user-mode-only faults (which need no privilege) are enough.
+    let uffd = UffdBuilder::new()
+        .non_blocking(true)
+        .user_mode_only(true)
+        .create()?;
+    let region = MemoryMappingBuilder::new(len).private().build()?;
+    println!("Address returned by mmap() = {:p}", region.as_ptr());
+    uffd.register(region.as_ptr().cast(), len)?;
+
+    std::thread::scope(|s| {
+        let handler = s.spawn(|| {
+            let r = serve(&uffd, pages, ps);
+            if r.is_err() {
+                // Never leave the main thread blocked: unregistering wakes it (it then reads
+                // zeros and the verification fails).
+                let _ = uffd.unregister(region.as_ptr().cast(), len);
+            }
+            r
+        });
+        let mut bad = None;
+        for l in (0..len).step_by(1024) {
+            let c = region.read_obj::<u8>(l)?;
+            println!(
+                "Read address {:p} in main(): {}",
+                region.as_ptr().wrapping_add(l),
+                c as char
+            );
+            let want = b'A' + ((l / ps) % 26) as u8;
+            if c != want && bad.is_none() {
+                bad = Some(format!(
+                    "byte {l}: read {:?}, expected {:?}",
+                    c as char, want as char
+                ));
+            }
+        }
+        let served = handler
+            .join()
+            .map_err(|_| fail("the handler thread panicked"))?
+            .map_err(fail)?;
+        if let Some(b) = bad {
+            return Err(fail(b));
+        }
+        println!("\nverified: {served} faults served, every read saw the expected letter");
+        Ok(())
+    })
+}
+
+fn main() -> ExitCode {
+    let mut args = Args::from_env(USAGE);
+    let mut pages = 3;
+    if let Some(a) = args.next() {
+        pages = match a.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => args.usage_error(&format!(
+                "NUM_PAGES must be a number from 1 to 1000, not {a:?}"
+            )),
+        };
+    }
+    if let Some(a) = args.next() {
+        args.unknown(&a);
+    }
+    finish("manpage", run(pages))
+}

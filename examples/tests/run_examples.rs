@@ -1,0 +1,203 @@
+//! Runs every example binary with its default arguments (so the examples cannot rot) and with a
+//! bad argument (which must give a usage message and a non-zero status, not a panic).
+
+use std::process::{Command, Output};
+
+fn run(bin: &str, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"))
+}
+
+/// Runs `bin` and asserts success and that stdout contains every line fragment of `expect`.
+fn assert_runs(bin: &str, args: &[&str], expect: &[&str]) -> String {
+    let out = run(bin, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{bin} {args:?} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for e in expect {
+        assert!(stdout.contains(e), "{bin}: no {e:?} in:\n{stdout}");
+    }
+    stdout
+}
+
+/// Runs `bin` with a bad argument: status 2, a usage message, no panic.
+fn assert_usage(bin: &str, args: &[&str]) {
+    let out = run(bin, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{bin} {args:?}: {stderr}");
+    assert!(stderr.contains("usage:"), "{bin}: no usage in {stderr}");
+    assert!(!stderr.contains("panicked"), "{bin} panicked: {stderr}");
+}
+
+#[test]
+fn manpage_default() {
+    assert_runs(
+        env!("CARGO_BIN_EXE_manpage"),
+        &[],
+        &[
+            "UFFD_EVENT_PAGEFAULT",
+            "in main(): C",
+            "verified: 3 faults served",
+        ],
+    );
+}
+
+#[test]
+fn manpage_bad_argument() {
+    assert_usage(env!("CARGO_BIN_EXE_manpage"), &["lots"]);
+    assert_usage(env!("CARGO_BIN_EXE_manpage"), &["3", "4"]);
+}
+
+#[test]
+fn lazy_restore_small() {
+    // The default is 256 MiB; 32 MiB keeps the unoptimised test build quick.
+    let out = assert_runs(
+        env!("CARGO_BIN_EXE_lazy-restore"),
+        &["--size", "32"],
+        &[
+            "faults: ",
+            "zeropage",
+            "throughput: ",
+            "MB/s",
+            "verified: all 8192 pages",
+        ],
+    );
+    assert!(!out.contains("zeropage 0,"), "{out}");
+}
+
+#[test]
+fn lazy_restore_real_file() {
+    let path = std::env::temp_dir().join(format!("lazy-restore-test-{}.bin", std::process::id()));
+    // A file whose size is not a page multiple: the last page is padded with zeros.
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let r = std::panic::catch_unwind(|| {
+        assert_runs(
+            env!("CARGO_BIN_EXE_lazy-restore"),
+            &["--snapshot", path.to_str().unwrap()],
+            &["verified: all 25 pages"],
+        )
+    });
+    let _ = std::fs::remove_file(&path);
+    r.unwrap();
+}
+
+#[test]
+fn lazy_restore_bad_arguments() {
+    let bin = env!("CARGO_BIN_EXE_lazy-restore");
+    assert_usage(bin, &["--size"]);
+    assert_usage(bin, &["--size", "zero"]);
+    assert_usage(bin, &["--size", "0"]);
+    assert_usage(bin, &["--bogus"]);
+    // A snapshot that does not exist is a failed run, not a usage error.
+    let out = run(bin, &["--snapshot", "/nonexistent/snapshot"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn dirty_tracking_default() {
+    assert_runs(
+        env!("CARGO_BIN_EXE_dirty-tracking"),
+        &[],
+        &[
+            "sync WP faults round 3",
+            "WP_ASYNC + PAGEMAP_SCAN round 3",
+            "verified: both methods",
+        ],
+    );
+}
+
+#[test]
+fn dirty_tracking_bad_argument() {
+    assert_usage(env!("CARGO_BIN_EXE_dirty-tracking"), &["--rounds", "-1"]);
+}
+
+#[test]
+fn minor_shmem_default() {
+    assert_runs(
+        env!("CARGO_BIN_EXE_minor-shmem"),
+        &[],
+        &["minor faults: 256", "verified: all 256 pages"],
+    );
+}
+
+#[test]
+fn minor_shmem_bad_argument() {
+    assert_usage(env!("CARGO_BIN_EXE_minor-shmem"), &["--pages", "many"]);
+}
+
+#[test]
+fn fork_events_default() {
+    assert_runs(
+        env!("CARGO_BIN_EXE_fork-events"),
+        &[],
+        &[
+            "2. fork: the child",
+            "3. mremap",
+            "4. madvise(MADV_DONTNEED)",
+            "5. munmap",
+            "events: fork 1, remap 1, remove 1, unmap 1",
+            "verified: every event followed",
+        ],
+    );
+}
+
+#[test]
+fn fork_events_bad_argument() {
+    assert_usage(env!("CARGO_BIN_EXE_fork-events"), &["extra"]);
+}
+
+#[test]
+fn page_server_default() {
+    assert_runs(
+        env!("CARGO_BIN_EXE_page-server"),
+        &[],
+        &[
+            "listening on 127.0.0.1:",
+            "prefetched",
+            "MB/s",
+            "verified: all 8192 pages",
+        ],
+    );
+}
+
+#[test]
+fn page_server_bad_arguments() {
+    let bin = env!("CARGO_BIN_EXE_page-server");
+    assert_usage(bin, &["--prefetch", "0"]);
+    assert_usage(bin, &["--serve", "--connect", "127.0.0.1:1"]);
+}
+
+#[test]
+fn uffd_probe_table_and_json() {
+    let bin = env!("CARGO_BIN_EXE_uffd-probe");
+    assert_runs(
+        bin,
+        &[],
+        &[
+            "kernel ",
+            "vm.unprivileged_userfaultfd",
+            "/dev/userfaultfd",
+            "MOVE",
+            "anonymous",
+            "huge pages",
+        ],
+    );
+    let json = assert_runs(
+        bin,
+        &["--json"],
+        &["\"features\"", "\"registrations\"", "\"usable\": true"],
+    );
+    assert!(json.trim_start().starts_with('{') && json.trim_end().ends_with('}'));
+}
+
+#[test]
+fn uffd_probe_bad_argument() {
+    assert_usage(env!("CARGO_BIN_EXE_uffd-probe"), &["--yaml"]);
+}
