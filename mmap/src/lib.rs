@@ -1,1 +1,247 @@
-//! Memory mappings (filled by its issue).
+//! RAII memory mappings for Linux, built for userfaultfd users.
+//!
+//! - [`MemoryMapping`]: an owned mapping (mmap(2)), unmapped on drop. It has
+//!   the method names of crosvm's `MemoryMapping` (`new`, `new_protection`,
+//!   `from_fd_offset_protection_populate`, `use_dontfork`, `remove_range`,
+//!   `drop_page_cache`, `lock_on_fault`, ...) plus what userfaultfd users need:
+//!   private anonymous memory ([`MemoryMapping::new_private`]), `MAP_HUGETLB`,
+//!   `MAP_NORESERVE`, `MAP_POPULATE`, alignment and fixed addresses through
+//!   [`MemoryMappingBuilder`], and mprotect(2) ([`MemoryMapping::set_protection`]).
+//! - [`MemoryMappingArena`]: a range reserved up front in which sub-mappings
+//!   are placed and replaced.
+//! - [`SharedMemory`]: a memfd (memfd_create(2)) with seals. Mapping it twice
+//!   gives the second view through which a userfaultfd handler fills page
+//!   cache pages before `UFFDIO_CONTINUE`.
+//! - [`VolatileSlice`] and the `read_*`/`write_*` methods: bounds-checked
+//!   volatile access to mapped memory for [`DataInit`] types.
+//! - [`MappedRegion`]: the trait other crates use to get a region's address
+//!   and size.
+//!
+//! # No references into mappings
+//!
+//! This crate never hands out `&[u8]` or `&mut [u8]` pointing into a mapping.
+//! The bytes of mapped memory can change underneath the program: another
+//! process or another view of the same memfd writes them, `MADV_DONTNEED`
+//! zeroes them, a userfaultfd handler supplies them on first touch. A Rust
+//! reference would promise the compiler that they do not change (or that
+//! nobody else sees them), which would be false. Instead every access copies
+//! with volatile loads and stores, and raw pointers are available through
+//! [`MemoryMapping::as_ptr`] for system calls.
+//!
+//! Touching mapped memory may also *block* or *fault*: a read of a page
+//! registered with userfaultfd waits for the handler; a read past the end of
+//! a mapped file raises `SIGBUS`; a page made inaccessible with
+//! [`MemoryMapping::set_protection`] raises `SIGSEGV`.
+//!
+//! # Example: two views of one memfd
+//!
+//! ```
+//! use mmap::{MemoryMapping, SharedMemory};
+//!
+//! let shm = SharedMemory::new("guest-ram", 2 * 4096)?;
+//! let guest = MemoryMapping::from_fd(&shm, 2 * 4096)?;
+//! let filler = MemoryMapping::from_fd(&shm, 2 * 4096)?;
+//! // A handler fills the page through its own view...
+//! filler.write_slice(b"page contents", 4096)?;
+//! // ...and the other view sees it, since both map the same page cache page.
+//! let mut buf = [0u8; 13];
+//! guest.read_slice(&mut buf, 4096)?;
+//! assert_eq!(&buf, b"page contents");
+//! # Ok::<(), mmap::Error>(())
+//! ```
+//!
+//! # Example: private anonymous memory
+//!
+//! ```
+//! use mmap::{MemoryMapping, MemoryMappingBuilder, Protection};
+//!
+//! // Shorthand...
+//! let a = MemoryMapping::new_private(1 << 20)?;
+//! // ...for the builder:
+//! let b = MemoryMappingBuilder::new(1 << 20)
+//!     .private()
+//!     .noreserve()
+//!     .protection(Protection::read_write())
+//!     .align(1 << 20)
+//!     .build()?;
+//! assert_eq!(b.as_ptr() as usize % (1 << 20), 0);
+//! a.write_obj(42u32, 0)?;
+//! assert_eq!(a.read_obj::<u32>(0)?, 42);
+//! # Ok::<(), mmap::Error>(())
+//! ```
+//!
+//! # Differences from crosvm's `MemoryMapping`
+//!
+//! - Descriptors are I/O-safe ([`AsFd`](std::os::fd::AsFd) /
+//!   [`BorrowedFd`](std::os::fd::BorrowedFd)) instead of raw descriptors.
+//! - `align` is `Option<u64>` everywhere (crosvm's
+//!   `from_fd_offset_protection_populate` takes `u64` with 0 for none);
+//!   `size + align` is overflow-checked, and the over-reserved range is
+//!   unmapped on every path.
+//! - `MAP_POPULATE` works for anonymous mappings too.
+//! - A failing `MADV_DONTDUMP` at creation fails the creation instead of being
+//!   ignored. `MADV_MERGEABLE` (KSM) is not applied: it does nothing for the
+//!   shared mappings crosvm makes, and merging private memory behind the
+//!   caller's back would be surprising.
+//! - [`MemoryMapping::use_hugepages`] returns a [`HugePageAdvice`] saying what
+//!   it did, and uses the kernel's transparent huge page size instead of 2 MiB.
+//! - All `(offset, count)` methods share one range check and one error
+//!   ([`Error::InvalidRange`]); page-granular ones also check the offset's
+//!   alignment ([`Error::UnalignedOffset`]).
+//! - [`MemoryMappingArena`] reserves and removes with `PROT_NONE` (crosvm uses
+//!   read-only memory), so stray accesses to holes fault.
+//! - A write-sealed memfd is not silently mapped `MAP_PRIVATE`: ask for
+//!   [`MemoryMappingBuilder::private`] or read-only protection.
+//! - `read_obj`/`write_obj` copy with volatile accesses (crosvm uses plain
+//!   unaligned reads); `read_slice`/`write_slice` copy everything or fail
+//!   (crosvm returns a short count).
+//! - `SharedMemory` does not probe `MFD_NOEXEC_SEAL` (Linux 6.3); with
+//!   `vm.memfd_noexec = 2` memfd_create(2) fails with `EACCES`.
+//!
+//! Linux only.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+mod arena;
+mod error;
+mod huge;
+mod mapping;
+mod pod;
+mod protection;
+mod region;
+mod shm;
+mod volatile;
+
+pub use arena::MemoryMappingArena;
+pub use error::{Error, Result};
+pub use huge::{thp_pmd_size, HugePageAdvice, HugePageSize};
+pub use mapping::{MemoryMapping, MemoryMappingBuilder};
+pub use pod::DataInit;
+pub use protection::Protection;
+pub use region::MappedRegion;
+pub use shm::{MemfdSeals, SharedMemory};
+pub use volatile::VolatileSlice;
+
+use std::sync::OnceLock;
+
+/// The system page size (`sysconf(_SC_PAGESIZE)`), read once and cached.
+///
+/// # Example
+///
+/// ```
+/// assert!(mmap::pagesize().is_power_of_two());
+/// ```
+pub fn pagesize() -> usize {
+    static PAGE_SIZE: OnceLock<usize> = OnceLock::new();
+    *PAGE_SIZE.get_or_init(|| {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(size)
+            .ok()
+            .filter(|s| *s > 0)
+            .unwrap_or(4096)
+    })
+}
+
+/// The one range check of the crate: `offset..offset + count` must lie inside
+/// a region of `size` bytes. Returns the end of the range.
+pub(crate) fn check_range(
+    op: &'static str,
+    size: usize,
+    offset: usize,
+    count: usize,
+) -> Result<usize> {
+    match offset.checked_add(count) {
+        Some(end) if end <= size => Ok(end),
+        _ => Err(Error::InvalidRange {
+            op,
+            offset,
+            count,
+            size,
+        }),
+    }
+}
+
+/// [`check_range`] plus: `offset` must be a multiple of `page_size`, as the
+/// page-granular system calls (madvise, mprotect, msync, mlock) require.
+pub(crate) fn check_page_range(
+    op: &'static str,
+    size: usize,
+    page_size: usize,
+    offset: usize,
+    count: usize,
+) -> Result<usize> {
+    let end = check_range(op, size, offset, count)?;
+    if offset % page_size != 0 {
+        return Err(Error::UnalignedOffset {
+            op,
+            offset: offset as u64,
+            align: page_size as u64,
+        });
+    }
+    Ok(end)
+}
+
+/// `value` rounded up to a multiple of `align` (a power of two), or `None` on overflow.
+pub(crate) fn round_up(value: usize, align: usize) -> Option<usize> {
+    debug_assert!(align.is_power_of_two());
+    Some(value.checked_add(align - 1)? & !(align - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_range_edges() {
+        assert_eq!(check_range("t", 10, 0, 10), Ok(10));
+        assert_eq!(check_range("t", 10, 10, 0), Ok(10));
+        assert!(check_range("t", 10, 11, 0).is_err());
+        assert!(check_range("t", 10, 5, 6).is_err());
+        assert_eq!(
+            check_range("t", 10, usize::MAX, 2),
+            Err(Error::InvalidRange {
+                op: "t",
+                offset: usize::MAX,
+                count: 2,
+                size: 10
+            })
+        );
+    }
+
+    #[test]
+    fn check_page_range_wants_aligned_offset() {
+        let ps = pagesize();
+        assert_eq!(check_page_range("t", 4 * ps, ps, ps, 1), Ok(ps + 1));
+        assert_eq!(
+            check_page_range("t", 4 * ps, ps, 1, 1),
+            Err(Error::UnalignedOffset {
+                op: "t",
+                offset: 1,
+                align: ps as u64
+            })
+        );
+        // The range is checked first.
+        assert!(matches!(
+            check_page_range("t", ps, ps, 1, ps),
+            Err(Error::InvalidRange { .. })
+        ));
+    }
+
+    #[test]
+    fn round_up_overflows_to_none() {
+        assert_eq!(round_up(1, 4096), Some(4096));
+        assert_eq!(round_up(4096, 4096), Some(4096));
+        assert_eq!(round_up(0, 4096), Some(0));
+        assert_eq!(round_up(usize::MAX - 10, 4096), None);
+    }
+
+    #[test]
+    fn pagesize_matches_sysconf() {
+        // SAFETY: no preconditions.
+        let s = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        assert_eq!(pagesize() as libc::c_long, s);
+    }
+}

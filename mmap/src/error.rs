@@ -1,0 +1,235 @@
+//! The crate's error type.
+
+use std::io;
+
+/// Errors returned by this crate.
+///
+/// Every variant names the operation (`op`) that failed:
+///
+/// - errors the kernel reported are [`Error::Syscall`]; `op` is the system
+///   call (with its flag where that says more), e.g. `"mmap"`,
+///   `"madvise(MADV_REMOVE)"`, `"mlock2(MLOCK_ONFAULT)"`, `"fcntl(F_ADD_SEALS)"`,
+///   and [`Error::errno`] gives the errno;
+/// - the other variants are argument checks done by this crate before any
+///   system call, so nothing changed when they are returned; `op` is the
+///   method that refused (`"remove_range"`, `"read_obj"`, `"add_anon"`, ...)
+///   or, for the constructors, `"mmap"`.
+///
+/// The enum is `#[non_exhaustive]`: new checks may add variants.
+///
+/// # Example
+///
+/// ```
+/// use mmap::{Error, MemoryMapping};
+///
+/// let m = MemoryMapping::new(4096)?;
+/// let err = m.remove_range(4096, 4096).unwrap_err();
+/// assert!(matches!(err, Error::InvalidRange { op: "remove_range", .. }));
+/// assert_eq!(err.errno(), None); // caught before any system call
+/// # Ok::<(), mmap::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An alignment that is zero or not a power of two.
+    #[error("{op}: alignment {align:#x} is not a power of two")]
+    InvalidAlignment {
+        /// The operation that was refused.
+        op: &'static str,
+        /// The alignment that was asked for.
+        align: u64,
+    },
+
+    /// A memfd name containing a NUL byte.
+    #[error("{op}: name {name:?} contains a NUL byte")]
+    InvalidName {
+        /// The operation that was refused.
+        op: &'static str,
+        /// The name that was given.
+        name: String,
+    },
+
+    /// A range `offset..offset + count` that does not lie inside the region.
+    ///
+    /// This is the single error for every `(offset, count)` method of this
+    /// crate; all of them check their range with
+    /// [`MemoryMapping::range_end`](crate::MemoryMapping::range_end) (or the
+    /// same helper for arenas and volatile slices).
+    #[error("{op}: range {offset:#x} + {count:#x} is outside the region of {size:#x} bytes")]
+    InvalidRange {
+        /// The operation that was refused.
+        op: &'static str,
+        /// Start of the range, relative to the start of the region.
+        offset: usize,
+        /// Length of the range in bytes.
+        count: usize,
+        /// Size of the region in bytes.
+        size: usize,
+    },
+
+    /// A file offset that does not fit in the kernel's `off_t`.
+    #[error("{op}: file offset {offset:#x} does not fit in off_t")]
+    OffsetOverflow {
+        /// The operation that was refused.
+        op: &'static str,
+        /// The offset that was given.
+        offset: u64,
+    },
+
+    /// A size that, after adding the alignment slack or rounding up to the
+    /// page size, does not fit in `usize`.
+    #[error("{op}: size {size:#x} plus alignment {align:#x} overflows the address space")]
+    SizeOverflow {
+        /// The operation that was refused.
+        op: &'static str,
+        /// The size that was asked for.
+        size: usize,
+        /// The alignment or page size it had to be rounded to.
+        align: u64,
+    },
+
+    /// A system call failed; `errno` is what the kernel returned.
+    #[error("{op} failed: {}", io::Error::from_raw_os_error(*errno))]
+    Syscall {
+        /// The system call (and flag) that failed, e.g. `"madvise(MADV_REMOVE)"`.
+        op: &'static str,
+        /// The errno, e.g. [`libc::EINVAL`].
+        errno: i32,
+    },
+
+    /// An address that is not a multiple of the required alignment.
+    #[error("{op}: address {addr:#x} is not a multiple of {align:#x}")]
+    UnalignedAddress {
+        /// The operation that was refused.
+        op: &'static str,
+        /// The address that was given.
+        addr: usize,
+        /// The alignment it must have (page size, huge page size or `align`).
+        align: u64,
+    },
+
+    /// An offset that is not a multiple of the required alignment.
+    #[error("{op}: offset {offset:#x} is not a multiple of {align:#x}")]
+    UnalignedOffset {
+        /// The operation that was refused.
+        op: &'static str,
+        /// The offset that was given.
+        offset: u64,
+        /// The alignment it must have (page size, huge page size, or the
+        /// alignment of the object type for the `*_volatile` accessors).
+        align: u64,
+    },
+
+    /// The operation is not supported by this kind of region (for example
+    /// [`MappedRegion::add_fd_mapping`](crate::MappedRegion::add_fd_mapping) on a
+    /// plain [`MemoryMapping`](crate::MemoryMapping)).
+    #[error("{op} is not supported by this region")]
+    Unsupported {
+        /// The operation that was refused.
+        op: &'static str,
+    },
+
+    /// A mapping of zero bytes (the kernel would return `EINVAL`).
+    #[error("{op}: size is zero")]
+    ZeroSize {
+        /// The operation that was refused.
+        op: &'static str,
+    },
+}
+
+impl Error {
+    /// The errno the kernel returned, for [`Error::Syscall`]; `None` for the
+    /// errors this crate detects itself before making a system call.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let m = mmap::MemoryMapping::new_private(4096)?;
+    /// // MADV_REMOVE needs shared (shmem, hugetlbfs, ...) memory.
+    /// let err = m.remove_range(0, 4096).unwrap_err();
+    /// assert_eq!(err.errno(), Some(libc::EINVAL));
+    /// # Ok::<(), mmap::Error>(())
+    /// ```
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Syscall { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+
+    /// The operation that failed, e.g. `"mmap"` or `"write_obj"`.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Error::InvalidAlignment { op, .. }
+            | Error::InvalidName { op, .. }
+            | Error::InvalidRange { op, .. }
+            | Error::OffsetOverflow { op, .. }
+            | Error::SizeOverflow { op, .. }
+            | Error::Syscall { op, .. }
+            | Error::UnalignedAddress { op, .. }
+            | Error::UnalignedOffset { op, .. }
+            | Error::Unsupported { op }
+            | Error::ZeroSize { op } => op,
+        }
+    }
+
+    /// Builds [`Error::Syscall`] from the calling thread's current `errno`.
+    pub(crate) fn last_os(op: &'static str) -> Self {
+        Error::Syscall {
+            op,
+            errno: io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    /// [`Error::Syscall`] becomes the OS error with the same errno; every other
+    /// variant becomes [`io::ErrorKind::InvalidInput`] carrying the `Error`.
+    fn from(e: Error) -> io::Error {
+        match e {
+            Error::Syscall { errno, .. } => io::Error::from_raw_os_error(errno),
+            other => io::Error::new(io::ErrorKind::InvalidInput, other),
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syscall_display_names_op_and_errno() {
+        let e = Error::Syscall {
+            op: "madvise(MADV_REMOVE)",
+            errno: libc::EINVAL,
+        };
+        let s = e.to_string();
+        assert!(s.starts_with("madvise(MADV_REMOVE) failed: "), "{s}");
+        assert!(s.contains("os error 22"), "{s}");
+        assert_eq!(e.errno(), Some(libc::EINVAL));
+        assert_eq!(e.op(), "madvise(MADV_REMOVE)");
+        let io: io::Error = e.into();
+        assert_eq!(io.raw_os_error(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn check_errors_have_no_errno() {
+        let e = Error::InvalidRange {
+            op: "msync",
+            offset: 1,
+            count: 2,
+            size: 3,
+        };
+        assert_eq!(e.errno(), None);
+        assert_eq!(e.op(), "msync");
+        assert_eq!(
+            e.to_string(),
+            "msync: range 0x1 + 0x2 is outside the region of 0x3 bytes"
+        );
+        let io: io::Error = e.into();
+        assert_eq!(io.kind(), io::ErrorKind::InvalidInput);
+    }
+}

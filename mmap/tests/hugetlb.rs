@@ -1,0 +1,309 @@
+//! hugetlb mappings (`MAP_HUGETLB`, `MFD_HUGETLB`): length rounding, `ht` in
+//! `VmFlags`, huge-page-granular operations, and the errors for sizes the
+//! kernel lacks and for an exhausted pool.
+//!
+//! Tests that need free 2 MiB pages skip (and print why) when there are none:
+//! CI reserves them with `sysctl vm.nr_hugepages=128`. Other processes share
+//! the pool, so a mapping that fails with ENOMEM although pages looked free is
+//! also reported as a skip.
+
+mod common;
+
+use std::fs;
+
+use common::{have_huge_pages, pread, vma_at, vmas_in};
+use mmap::{
+    Error, HugePageAdvice, HugePageSize, MemoryMapping, MemoryMappingBuilder, Result, SharedMemory,
+};
+
+const HUGE: usize = 2 << 20;
+
+fn ps() -> usize {
+    mmap::pagesize()
+}
+
+/// `Ok(Some(m))`, or `None` after printing a skip message if the pool ran dry.
+fn or_skip<T>(test: &str, r: Result<T>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) if e.errno() == Some(libc::ENOMEM) => {
+            eprintln!("SKIPPED {test}: the huge page pool ran out ({e})");
+            None
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
+fn pool_value(size_kb: usize, file: &str) -> Option<u64> {
+    fs::read_to_string(format!(
+        "/sys/kernel/mm/hugepages/hugepages-{size_kb}kB/{file}"
+    ))
+    .ok()?
+    .trim()
+    .parse()
+    .ok()
+}
+
+#[test]
+fn private_hugetlb_rounds_the_length() {
+    if !have_huge_pages("private_hugetlb_rounds_the_length", 2) {
+        return;
+    }
+    let b = MemoryMappingBuilder::new(HUGE + 1)
+        .private()
+        .hugetlb(HugePageSize::Size2MiB);
+    let Some(m) = or_skip("private_hugetlb_rounds_the_length", b.build()) else {
+        return;
+    };
+    assert_eq!(m.size(), 2 * HUGE);
+    assert_eq!(m.page_size(), HUGE);
+    assert!(m.is_hugetlb());
+    assert_eq!(m.as_ptr() as usize % HUGE, 0);
+    let vma = vma_at(m.as_ptr());
+    assert_eq!(
+        (vma.start, vma.end),
+        (m.as_ptr() as usize, m.as_ptr() as usize + 2 * HUGE)
+    );
+    assert!(vma.has("ht") && vma.has("dd"), "{:?}", vma.flags);
+    assert!(!vma.has("sh"));
+    assert_eq!(vma.kernel_page_kb, 2048);
+    m.write_obj(0xabcd_u16, 2 * HUGE - 2).unwrap();
+    assert_eq!(m.read_obj::<u16>(2 * HUGE - 2).unwrap(), 0xabcd);
+    assert_eq!(m.use_hugepages().unwrap(), HugePageAdvice::Hugetlb);
+}
+
+#[test]
+fn hugetlb_operations_are_huge_page_granular() {
+    if !have_huge_pages("hugetlb_operations_are_huge_page_granular", 2) {
+        return;
+    }
+    let b = MemoryMappingBuilder::new(2 * HUGE)
+        .private()
+        .hugetlb(HugePageSize::Size2MiB);
+    let Some(m) = or_skip("hugetlb_operations_are_huge_page_granular", b.build()) else {
+        return;
+    };
+    assert_eq!(
+        m.drop_page_cache(ps(), ps()).unwrap_err(),
+        Error::UnalignedOffset {
+            op: "drop_page_cache",
+            offset: ps() as u64,
+            align: HUGE as u64
+        }
+    );
+    m.write_obj(7u8, HUGE).unwrap();
+    m.write_obj(8u8, 0).unwrap();
+    // Private hugetlb: DONTNEED discards the data.
+    m.drop_page_cache(HUGE, HUGE).unwrap();
+    assert_eq!(m.read_obj::<u8>(HUGE).unwrap(), 0);
+    assert_eq!(m.read_obj::<u8>(0).unwrap(), 8);
+    m.async_prefetch(0, HUGE).unwrap();
+}
+
+#[test]
+fn hugetlb_memfd_two_views_and_remove() {
+    if !have_huge_pages("hugetlb_memfd_two_views_and_remove", 2) {
+        return;
+    }
+    let shm = SharedMemory::new_hugetlb("huge", 2 * HUGE as u64, HugePageSize::Size2MiB).unwrap();
+    let Some(a) = or_skip("hugetlb_memfd", MemoryMapping::from_fd(&shm, 2 * HUGE)) else {
+        return;
+    };
+    // A hugetlbfs file is recognised without `.hugetlb()`: the length is
+    // rounded up and operations are huge-page granular.
+    let b = MemoryMapping::from_fd(&shm, HUGE + 1).unwrap();
+    assert!(b.is_hugetlb());
+    assert_eq!((b.size(), b.page_size()), (2 * HUGE, HUGE));
+    assert!(vma_at(a.as_ptr()).has("ht") && vma_at(a.as_ptr()).has("sh"));
+    assert_eq!(vma_at(b.as_ptr()).kernel_page_kb, 2048);
+    a.write_slice(b"huge page", HUGE).unwrap();
+    let mut buf = [0u8; 9];
+    b.read_slice(&mut buf, HUGE).unwrap();
+    assert_eq!(&buf, b"huge page");
+    assert_eq!(pread(&shm, HUGE as u64, 9), b"huge page");
+    // Shared hugetlb: DONTNEED keeps the data, REMOVE discards it.
+    a.drop_page_cache(HUGE, HUGE).unwrap();
+    assert_eq!(a.read_obj::<[u8; 9]>(HUGE).unwrap(), *b"huge page");
+    a.remove_range(HUGE, HUGE).unwrap();
+    assert_eq!(b.read_obj::<[u8; 9]>(HUGE).unwrap(), [0; 9]);
+}
+
+#[test]
+fn hugetlb_memfd_offsets_are_huge_page_granular() {
+    let shm =
+        SharedMemory::new_hugetlb("huge-off", 2 * HUGE as u64, HugePageSize::Size2MiB).unwrap();
+    assert_eq!(
+        MemoryMapping::from_fd_offset(&shm, HUGE, ps() as u64).unwrap_err(),
+        Error::UnalignedOffset {
+            op: "mmap",
+            offset: ps() as u64,
+            align: HUGE as u64
+        }
+    );
+    // MAP_HUGETLB on a file that is not on hugetlbfs.
+    let plain = SharedMemory::new("not-huge", ps() as u64).unwrap();
+    let err = MemoryMappingBuilder::new(ps())
+        .from_shared_memory(&plain)
+        .hugetlb(HugePageSize::Size2MiB)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::Syscall {
+            op: "mmap",
+            errno: libc::EINVAL
+        }
+    );
+}
+
+#[test]
+fn hugetlb_memfd_size_must_be_huge_page_aligned() {
+    let mut shm = SharedMemory::new_hugetlb("huge-size", 0, HugePageSize::Size2MiB).unwrap();
+    assert_eq!(
+        shm.set_size(HUGE as u64 + 4096).unwrap_err(),
+        Error::Syscall {
+            op: "ftruncate",
+            errno: libc::EINVAL
+        }
+    );
+    // Without pages taken: sizing a hugetlb memfd reserves nothing yet.
+    shm.set_size(HUGE as u64).unwrap();
+}
+
+#[test]
+fn hugetlb_honours_a_larger_alignment() {
+    if !have_huge_pages("hugetlb_honours_a_larger_alignment", 1) {
+        return;
+    }
+    let b = MemoryMappingBuilder::new(HUGE)
+        .private()
+        .hugetlb(HugePageSize::Size2MiB)
+        .align(1 << 30);
+    let Some(m) = or_skip("hugetlb_honours_a_larger_alignment", b.build()) else {
+        return;
+    };
+    assert_eq!(m.as_ptr() as usize % (1 << 30), 0);
+    let vmas = vmas_in(m.as_ptr(), HUGE);
+    assert_eq!(vmas.len(), 1);
+    assert_eq!(
+        (vmas[0].start, vmas[0].end),
+        (m.as_ptr() as usize, m.as_ptr() as usize + HUGE)
+    );
+}
+
+/// A huge page size the running kernel has no pool for.
+fn missing_size() -> HugePageSize {
+    [
+        HugePageSize::Size16GiB,
+        HugePageSize::Size64KiB,
+        HugePageSize::Size8MiB,
+        HugePageSize::Size512KiB,
+        HugePageSize::Size2GiB,
+    ]
+    .into_iter()
+    .find(|s| s.free_pages().is_none())
+    .expect("this machine supports every huge page size")
+}
+
+#[test]
+fn unsupported_huge_page_size_is_einval() {
+    let size = missing_size();
+    let err = MemoryMappingBuilder::new(1)
+        .private()
+        .hugetlb(size)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::Syscall {
+            op: "mmap",
+            errno: libc::EINVAL
+        },
+        "{size:?}"
+    );
+    let err = SharedMemory::new_hugetlb("nosize", 0, size).unwrap_err();
+    // memfd_create(2) reports a missing hugetlbfs mount for that size as ENODEV.
+    assert_eq!(
+        err,
+        Error::Syscall {
+            op: "memfd_create",
+            errno: libc::ENODEV
+        }
+    );
+}
+
+#[test]
+fn more_pages_than_the_pool_is_enomem() {
+    // Without MAP_NORESERVE the kernel reserves every page at mmap time, so
+    // asking for one page more than the whole pool fails whatever others use.
+    let (Some(total), Some(overcommit)) = (
+        pool_value(2048, "nr_hugepages"),
+        pool_value(2048, "nr_overcommit_hugepages"),
+    ) else {
+        eprintln!("SKIPPED more_pages_than_the_pool_is_enomem: no 2 MiB hugetlb pool");
+        return;
+    };
+    if overcommit != 0 {
+        eprintln!(
+            "SKIPPED more_pages_than_the_pool_is_enomem: nr_overcommit_hugepages={overcommit}"
+        );
+        return;
+    }
+    let len = (total as usize + 1) * HUGE;
+    let b = MemoryMappingBuilder::new(len)
+        .private()
+        .hugetlb(HugePageSize::Size2MiB);
+    assert_eq!(
+        b.build().unwrap_err(),
+        Error::Syscall {
+            op: "mmap",
+            errno: libc::ENOMEM
+        }
+    );
+    let b = MemoryMappingBuilder::new(len)
+        .shared()
+        .hugetlb(HugePageSize::Size2MiB);
+    assert_eq!(
+        b.build().unwrap_err(),
+        Error::Syscall {
+            op: "mmap",
+            errno: libc::ENOMEM
+        }
+    );
+
+    // With MAP_NORESERVE nothing is reserved, so the mapping is made (touching
+    // more pages than the pool holds would then raise SIGBUS).
+    let m = MemoryMappingBuilder::new(len)
+        .private()
+        .noreserve()
+        .hugetlb(HugePageSize::Size2MiB)
+        .build()
+        .unwrap();
+    let vma = vma_at(m.as_ptr());
+    assert!(vma.has("ht") && vma.has("nr"), "{:?}", vma.flags);
+}
+
+#[test]
+fn empty_pool_is_enomem() {
+    // The 1 GiB pool exists on x86_64 with pdpe1gb but nobody reserves pages in it.
+    match (
+        pool_value(1 << 20, "nr_hugepages"),
+        pool_value(1 << 20, "nr_overcommit_hugepages"),
+    ) {
+        (Some(0), Some(0)) => {
+            let err = MemoryMappingBuilder::new(1)
+                .private()
+                .hugetlb(HugePageSize::Size1GiB)
+                .build()
+                .unwrap_err();
+            assert_eq!(
+                err,
+                Error::Syscall {
+                    op: "mmap",
+                    errno: libc::ENOMEM
+                }
+            );
+        }
+        other => eprintln!("SKIPPED empty_pool_is_enomem: 1 GiB pool (nr, overcommit) = {other:?}"),
+    }
+}
