@@ -105,6 +105,9 @@ impl Uffd {
     /// `ENOENT` (range not registered, or crossing its end), `EFAULT` (`src` unreadable),
     /// `EINVAL` (hugetlb length not a huge-page multiple), `ESRCH` (the process exited),
     /// `ENOMEM`.
+    ///
+    /// The kernel only checks that `dst` is registered with *a* userfaultfd of the same process
+    /// (Linux 6.18): a copy through another `Uffd` of this process into the range succeeds.
     #[doc(alias = "UFFDIO_COPY")]
     pub unsafe fn copy(
         &self,
