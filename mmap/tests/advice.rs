@@ -118,6 +118,14 @@ fn use_hugepages_reports_what_it_did() {
 }
 
 #[test]
+fn disable_hugepages_sets_nh() {
+    let m = MemoryMappingBuilder::new(4 << 20).private().build().unwrap();
+    assert!(!vma_at(m.as_ptr()).has("nh"));
+    m.disable_hugepages().unwrap();
+    assert!(vma_at(m.as_ptr()).has("nh"));
+}
+
+#[test]
 fn drop_page_cache_keeps_shared_anonymous_data() {
     let m = MemoryMapping::new(4 * ps()).unwrap();
     let data = fill(&m, 1);
