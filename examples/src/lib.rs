@@ -336,7 +336,8 @@ pub fn wait_child(pid: libc::pid_t, timeout: Duration) -> io::Result<libc::c_int
 }
 
 /// `madvise(MADV_NOHUGEPAGE)` on `[addr, addr+len)`: faults then arrive page by page, and
-/// `UFFDIO_COPY` never meets a transparent huge page (`EEXIST`), as QEMU does for postcopy.
+/// `UFFDIO_COPY` never meets a transparent huge page (`EEXIST`), as QEMU does for postcopy. For
+/// raw `libc::mmap` regions; a `MemoryMapping` has `disable_hugepages`.
 pub fn no_huge_pages(addr: *mut u8, len: usize) -> io::Result<()> {
     // SAFETY: MADV_NOHUGEPAGE only changes the THP policy of the range; it never changes its
     // contents or mapping.

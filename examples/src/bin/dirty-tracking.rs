@@ -19,9 +19,7 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use examples::{
-    fail, finish, no_huge_pages, page_size, wait_readable, Args, Rng, StopSignal, Wait,
-};
+use examples::{fail, finish, page_size, wait_readable, Args, Rng, StopSignal, Wait};
 use mmap::{MemoryMapping, MemoryMappingBuilder};
 use userfaultfd::{
     Event, EventBuffer, FaultKind, FeatureFlags, PageMap, PageRegion, RegisterMode, Uffd,
@@ -63,7 +61,7 @@ fn worker(region: &MemoryMapping, rng: &mut Rng, writes: usize, round: usize) ->
 fn new_region(pages: usize) -> Result<MemoryMapping, Box<dyn std::error::Error>> {
     let ps = page_size();
     let region = MemoryMappingBuilder::new(pages * ps).private().build()?;
-    no_huge_pages(region.as_ptr(), pages * ps)?;
+    region.disable_hugepages()?;
     // Populate every page: without WP_UNPOPULATED, write protection only covers present pages.
     for p in 0..pages {
         region.write_obj(0u64, p * ps)?;

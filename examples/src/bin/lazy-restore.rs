@@ -20,8 +20,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use examples::{
-    check_page, fail, fill_page, finish, mb_per_s, no_huge_pages, page_size, wait_readable, Args,
-    Rng, StopSignal, Wait,
+    check_page, fail, fill_page, finish, mb_per_s, page_size, wait_readable, Args, Rng, StopSignal,
+    Wait,
 };
 use mmap::{MemoryMapping, MemoryMappingBuilder};
 use userfaultfd::{Error, Event, EventBuffer, IoctlFlags, Uffd, UffdBuilder};
@@ -255,7 +255,7 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         .private()
         .noreserve()
         .build()?;
-    no_huge_pages(region.as_ptr(), len)?;
+    region.disable_hugepages()?;
     let uffd = create_uffd()?;
     let ioctls = uffd.register(region.as_ptr().cast(), len)?;
     println!(

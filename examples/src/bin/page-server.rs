@@ -17,8 +17,8 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use examples::{
-    check_page, fail, fill_page, finish, mb_per_s, no_huge_pages, page_size, wait_child,
-    wait_readable, Args, Rng, StopSignal, Wait,
+    check_page, fail, fill_page, finish, mb_per_s, page_size, wait_child, wait_readable, Args, Rng,
+    StopSignal, Wait,
 };
 use mmap::MemoryMappingBuilder;
 use userfaultfd::{Error, Event, EventBuffer, Uffd, UffdBuilder};
@@ -195,7 +195,7 @@ fn client(addr: &str, prefetch: usize) -> Result<(), Box<dyn std::error::Error>>
         .private()
         .noreserve()
         .build()?;
-    no_huge_pages(region.as_ptr(), len)?;
+    region.disable_hugepages()?;
     let uffd = UffdBuilder::new()
         .non_blocking(true)
         .user_mode_only(true)
