@@ -1,0 +1,835 @@
+//! `uffd-bench`: what a page fault costs per userfaultfd resolution method, against the
+//! kernel's own demand fault.
+//!
+//! ```text
+//! cargo run --release -p examples --bin uffd-bench -- [-n PAGES] [--json] [-a read|write]
+//!     [-p none|same|split] [-s] [-c ROUNDS] [SCENARIO... | all]
+//! ```
+//!
+//! Each scenario maps PAGES 4 KiB pages (`MADV_NOHUGEPAGE`), makes every page fault once and
+//! times the faulting thread(s) from the first touch to the last; setup is outside the timed
+//! part, and before it twice the range is populated and freed (this VM returns idle memory to
+//! its host, and first touches of reclaimed memory cost several times more). Every resolved
+//! byte is verified; a scenario that fails verification prints no figure and the program exits
+//! with status 1.
+//!
+//! Output, one line per scenario:
+//! `scenario=NAME pages=N faults=F ns_per_fault=X gbps=Y verify=ok`, where `faults` is the
+//! number of fault messages the handler received, `ns_per_fault` the timed span divided by the
+//! pages made present (one first touch each; for `prefetch` one message serves 16 pages, for
+//! `ioctl-copy` there are no faults and it is per ioctl, for `wp-async` it is per dirty page)
+//! and `gbps` the bytes made present per nanosecond. `--json` prints each line as a JSON
+//! object instead. `-c ROUNDS` also builds `examples/bench-c/uffd-copy.c` with `cc -O2` and
+//! runs it and the `copy` scenario alternately ROUNDS times, reporting the median of each and
+//! their ratio.
+
+#[path = "uffd-bench/handler.rs"]
+mod handler;
+#[path = "uffd-bench/mem.rs"]
+mod mem;
+#[path = "uffd-bench/poison.rs"]
+mod poison;
+
+use std::process::{Command, ExitCode};
+use std::sync::Barrier;
+use std::thread;
+use std::time::Instant;
+
+use libc::c_void;
+use userfaultfd::{
+    Error, FeatureFlags, PageMap, PageRegion, RegisterMode, ScanRequest, Uffd, UffdBuilder,
+};
+
+use handler::{copy_span, serve, touch, Style};
+use mem::{low_byte, pattern, pin, warm, Map, Memfd, PAGE};
+
+const USAGE: &str = "\
+usage: uffd-bench [-n PAGES] [--json] [-a read|write] [-p none|same|split] [-s] [-c ROUNDS]
+                  [SCENARIO... | all]
+  -n PAGES   pages per scenario (default 32768 = 128 MiB)
+  --json     print each result as a JSON object
+  -a MODE    touch pages by read (default) or write (wp always writes)
+  -p PIN     none (default): no pinning; same: handler and faulting threads on CPU 0;
+             split: handler on CPU 0, faulting threads on CPU 1
+  -s         the handler busy-polls read() instead of sleeping in poll()
+  -c ROUNDS  also compare `copy` with the C program examples/bench-c/uffd-copy.c
+scenarios: touch touch-shmem copy copy-batch zeropage copy-2t prefetch wp minor move poison
+           ioctl-copy wp-async (default: all)";
+
+const SCENARIOS: [&str; 13] = [
+    "touch",
+    "touch-shmem",
+    "copy",
+    "copy-batch",
+    "zeropage",
+    "copy-2t",
+    "prefetch",
+    "wp",
+    "minor",
+    "move",
+    "poison",
+    "ioctl-copy",
+    "wp-async",
+];
+
+const DEFAULT_PAGES: usize = 32768;
+const PREFETCH: usize = 16 * PAGE;
+const BATCH: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pin {
+    None,
+    Same,
+    Split,
+}
+
+/// The command line.
+#[derive(Clone, Debug)]
+struct Config {
+    pages: usize,
+    json: bool,
+    write: bool,
+    pin: Pin,
+    spin: bool,
+    compare_rounds: usize,
+    scenarios: Vec<&'static str>,
+}
+
+/// One scenario's figures.
+struct Outcome {
+    name: &'static str,
+    pages: usize,
+    faults: usize,
+    /// Timed nanoseconds.
+    ns: u128,
+    /// Pages the timed span made present (the divisor of `ns_per_fault`).
+    units: usize,
+    extra: Vec<(&'static str, String)>,
+}
+
+impl Outcome {
+    fn ns_per_fault(&self) -> f64 {
+        self.ns as f64 / self.units.max(1) as f64
+    }
+
+    fn print(&self, json: bool) {
+        let ns = self.ns_per_fault();
+        let gbps = (self.units * PAGE) as f64 / self.ns.max(1) as f64;
+        if json {
+            let mut s = format!(
+                "{{\"scenario\":\"{}\",\"pages\":{},\"faults\":{},\"ns_per_fault\":{ns:.1},\"gbps\":{gbps:.3},\"verify\":\"ok\"",
+                self.name, self.pages, self.faults
+            );
+            for (k, v) in &self.extra {
+                s.push_str(&format!(",\"{k}\":{v}"));
+            }
+            println!("{s}}}");
+        } else {
+            let mut s = format!(
+                "scenario={} pages={} faults={} ns_per_fault={ns:.1} gbps={gbps:.3} verify=ok",
+                self.name, self.pages, self.faults
+            );
+            for (k, v) in &self.extra {
+                s.push_str(&format!(" {k}={v}"));
+            }
+            println!("{s}");
+        }
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("uffd-bench: {msg}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+fn parse(args: &[String]) -> Result<Config, String> {
+    let mut c = Config {
+        pages: DEFAULT_PAGES,
+        json: false,
+        write: false,
+        pin: Pin::None,
+        spin: false,
+        compare_rounds: 0,
+        scenarios: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |flag: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match a.as_str() {
+            "-n" => {
+                let v = value("-n")?;
+                c.pages = v
+                    .parse()
+                    .ok()
+                    .filter(|n: &usize| (16..=(1 << 22)).contains(n))
+                    .ok_or_else(|| format!("-n {v}: expected a page count from 16 to 4194304"))?;
+            }
+            "--json" => c.json = true,
+            "-a" => {
+                c.write = match value("-a")?.as_str() {
+                    "read" => false,
+                    "write" => true,
+                    v => return Err(format!("-a {v}: expected read or write")),
+                }
+            }
+            "-p" => {
+                c.pin = match value("-p")?.as_str() {
+                    "none" => Pin::None,
+                    "same" => Pin::Same,
+                    "split" => Pin::Split,
+                    v => return Err(format!("-p {v}: expected none, same or split")),
+                }
+            }
+            "-s" => c.spin = true,
+            "-c" => {
+                let v = value("-c")?;
+                c.compare_rounds = v
+                    .parse()
+                    .ok()
+                    .filter(|&n: &usize| (1..=1001).contains(&n))
+                    .ok_or_else(|| format!("-c {v}: expected 1 to 1001 rounds"))?;
+            }
+            "-h" | "--help" => return Err(String::new()),
+            "all" => c.scenarios.extend(SCENARIOS),
+            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
+            s => match SCENARIOS.iter().find(|&&n| n == s) {
+                Some(&n) => c.scenarios.push(n),
+                None => return Err(format!("unknown scenario {s}")),
+            },
+        }
+    }
+    if c.scenarios.is_empty() && c.compare_rounds == 0 {
+        c.scenarios.extend(SCENARIOS);
+    }
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cfg = match parse(&args) {
+        Ok(c) => c,
+        Err(msg) if msg.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => return usage_error(&msg),
+    };
+    let mut failed = false;
+    for &name in &cfg.scenarios {
+        match run(name, &cfg) {
+            Ok(o) => o.print(cfg.json),
+            Err(e) => {
+                eprintln!("scenario={name} verify=FAILED: {e}");
+                failed = true;
+            }
+        }
+    }
+    if cfg.compare_rounds > 0 {
+        if let Err(e) = compare_c(&cfg) {
+            eprintln!("compare=copy FAILED: {e}");
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run(name: &'static str, cfg: &Config) -> Result<Outcome, String> {
+    warm(cfg.pages * PAGE)?;
+    match name {
+        "touch" => touch_anon(cfg),
+        "touch-shmem" => touch_shmem(cfg),
+        "copy" => missing(name, cfg, Method::Copy, 1, 1),
+        "copy-batch" => missing(name, cfg, Method::Copy, 1, BATCH),
+        "zeropage" => missing(name, cfg, Method::Zero, 1, 1),
+        "copy-2t" => missing(name, cfg, Method::Copy, 2, 1),
+        "prefetch" => missing(name, cfg, Method::Prefetch, 1, 1),
+        "move" => missing(name, cfg, Method::Move, 1, 1),
+        "poison" => poison_scenario(cfg),
+        "wp" => wp(cfg),
+        "minor" => minor(cfg),
+        "ioctl-copy" => ioctl_copy(cfg),
+        "wp-async" => wp_async(cfg),
+        _ => Err(format!("unknown scenario {name}")),
+    }
+}
+
+fn new_uffd(features: FeatureFlags) -> Result<Uffd, String> {
+    UffdBuilder::new()
+        .non_blocking(true)
+        .require_features(features)
+        .create()
+        .map_err(|e| format!("creating the userfaultfd: {e}"))
+}
+
+fn style(cfg: &Config, batch: usize) -> Style {
+    Style {
+        spin: cfg.spin,
+        batch,
+    }
+}
+
+fn pin_handler(cfg: &Config) {
+    if cfg.pin != Pin::None {
+        pin(0);
+    }
+}
+
+fn pin_faulter(cfg: &Config) {
+    match cfg.pin {
+        Pin::None => {}
+        Pin::Same => pin(0),
+        Pin::Split => pin(1),
+    }
+}
+
+/// The byte a write touch stores into page `i` of a range filled with [`pattern`].
+fn pattern_byte(i: usize) -> u8 {
+    low_byte(pattern(i, 0))
+}
+
+/// Runs `threads` faulting threads over disjoint equal parts of `[base, base + pages)` while
+/// `handler` (if any) runs on its own thread; returns the handler's result and the span from
+/// the first thread's first touch to the last thread's last touch.
+fn fault_in<H>(
+    cfg: &Config,
+    base: usize,
+    pages: usize,
+    threads: usize,
+    write: bool,
+    byte: fn(usize) -> u8,
+    handler: Option<H>,
+) -> (Result<usize, String>, u128)
+where
+    H: FnOnce() -> Result<usize, String> + Send,
+{
+    let start = Barrier::new(threads);
+    thread::scope(|s| {
+        let h = handler.map(|h| {
+            s.spawn(move || {
+                pin_handler(cfg);
+                h()
+            })
+        });
+        let part = pages / threads;
+        let touchers: Vec<_> = (0..threads)
+            .map(|t| {
+                let start = &start;
+                let count = if t + 1 == threads {
+                    pages - part * t
+                } else {
+                    part
+                };
+                s.spawn(move || {
+                    pin_faulter(cfg);
+                    start.wait();
+                    touch(base, part * t, count, write, byte)
+                })
+            })
+            .collect();
+        let spans: Vec<(Instant, Instant)> = touchers
+            .into_iter()
+            .map(|t| t.join().expect("faulting thread"))
+            .collect();
+        let t0 = spans.iter().map(|s| s.0).min().expect("one thread");
+        let t1 = spans.iter().map(|s| s.1).max().expect("one thread");
+        let res = match h {
+            Some(h) => h.join().unwrap_or_else(|_| Err("handler panicked".into())),
+            None => Ok(0),
+        };
+        (res, (t1 - t0).as_nanos())
+    })
+}
+
+fn outcome(name: &'static str, cfg: &Config, faults: usize, ns: u128) -> Outcome {
+    Outcome {
+        name,
+        pages: cfg.pages,
+        faults,
+        ns,
+        units: cfg.pages,
+        extra: Vec::new(),
+    }
+}
+
+fn touch_anon(cfg: &Config) -> Result<Outcome, String> {
+    let n = cfg.pages;
+    let dst = Map::anon(n * PAGE)?;
+    let (_, ns) = fault_in::<fn() -> _>(cfg, dst.addr(), n, 1, cfg.write, |_| 0, None);
+    dst.verify(n, |_, _| 0)?;
+    Ok(outcome("touch", cfg, n, ns))
+}
+
+fn touch_shmem(cfg: &Config) -> Result<Outcome, String> {
+    let n = cfg.pages;
+    let fd = Memfd::new(n * PAGE)?;
+    let view = Map::shared(fd.0, n * PAGE)?;
+    let filler = Map::shared(fd.0, n * PAGE)?;
+    filler.fill_pattern();
+    let (_, ns) = fault_in::<fn() -> _>(cfg, view.addr(), n, 1, cfg.write, pattern_byte, None);
+    view.verify(n, pattern)?;
+    Ok(outcome("touch-shmem", cfg, n, ns))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Copy,
+    Zero,
+    Prefetch,
+    Move,
+}
+
+/// The MISSING scenarios: copy, copy-batch, copy-2t, zeropage, prefetch, move.
+fn missing(
+    name: &'static str,
+    cfg: &Config,
+    method: Method,
+    threads: usize,
+    batch: usize,
+) -> Result<Outcome, String> {
+    let n = cfg.pages;
+    let len = n * PAGE;
+    let dst = Map::anon(len)?;
+    let src = Map::anon(len)?;
+    if method != Method::Zero {
+        src.fill_pattern();
+    }
+    let uffd = new_uffd(FeatureFlags::empty())?;
+    uffd.register(dst.ptr(), len)
+        .map_err(|e| format!("register: {e}"))?;
+    let (base, sbase) = (dst.addr(), src.addr());
+    let uffd_ref = &uffd;
+    let resolve = move |addr: *mut c_void| -> Result<usize, Error> {
+        let off = addr as usize - base;
+        match method {
+            Method::Copy => copy_span(uffd_ref, sbase + off, base + off, PAGE),
+            Method::Prefetch => {
+                let chunk = off & !(PREFETCH - 1);
+                let l = PREFETCH.min(len - chunk);
+                copy_span(uffd_ref, sbase + chunk, base + chunk, l)
+            }
+            // SAFETY: `addr` is a missing page of the registered range this scenario owns.
+            Method::Zero => match unsafe { uffd_ref.zeropage(addr, PAGE, true) } {
+                Ok(_) => Ok(1),
+                Err(Error::AlreadyMapped { .. }) => uffd_ref.wake(addr, PAGE).map(|_| 0),
+                Err(e) => Err(e),
+            },
+            Method::Move => {
+                // SAFETY: the source page is a populated, exclusive page of `src` that nothing
+                // references; `addr` is a missing page of the registered range.
+                match unsafe { uffd_ref.r#move((sbase + off) as *mut c_void, addr, PAGE, true) } {
+                    Ok(_) => Ok(1),
+                    Err(Error::AlreadyMapped { .. }) => uffd_ref.wake(addr, PAGE).map(|_| 0),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    };
+    let st = style(cfg, batch);
+    let range = (dst.addr(), len);
+    let byte: fn(usize) -> u8 = if method == Method::Zero {
+        |_| 0
+    } else {
+        pattern_byte
+    };
+    let (res, ns) = fault_in(
+        cfg,
+        base,
+        n,
+        threads,
+        cfg.write,
+        byte,
+        Some(move || serve(uffd_ref, st, range, n, resolve)),
+    );
+    let faults = res?;
+    match method {
+        Method::Zero => dst.verify(n, |_, _| 0)?,
+        _ => dst.verify(n, pattern)?,
+    }
+    if method == Method::Move {
+        // The sources became holes: reading them now gives zeroes.
+        src.verify(n, |_, _| 0)
+            .map_err(|e| format!("moved-out source: {e}"))?;
+    }
+    Ok(outcome(name, cfg, faults, ns))
+}
+
+fn poison_scenario(cfg: &Config) -> Result<Outcome, String> {
+    use std::os::fd::AsRawFd;
+    let n = cfg.pages;
+    let len = n * PAGE;
+    let dst = Map::anon(len)?;
+    let marker = Map::anon(PAGE)?;
+    // SAFETY: `marker` is a live one-page mapping nothing else uses.
+    unsafe { std::ptr::write_bytes(marker.ptr().cast::<u8>(), poison::MARKER_BYTE, PAGE) };
+    let uffd = new_uffd(FeatureFlags::empty())?;
+    uffd.register(dst.ptr(), len)
+        .map_err(|e| format!("register: {e}"))?;
+    poison::arm(uffd.as_raw_fd(), dst.addr(), n, marker.addr())?;
+    let uffd_ref = &uffd;
+    let st = style(cfg, 1);
+    let range = (dst.addr(), len);
+    let (res, ns) = fault_in(
+        cfg,
+        dst.addr(),
+        n,
+        1,
+        cfg.write,
+        |_| poison::MARKER_BYTE,
+        Some(move || {
+            serve(uffd_ref, st, range, n, |addr| {
+                uffd_ref.poison(addr, PAGE, true).map(|_| 1)
+            })
+        }),
+    );
+    let (signals, bad) = poison::disarm();
+    let faults = res?;
+    if signals != n || bad != 0 {
+        return Err(format!(
+            "{signals} SIGBUS for {n} poisoned pages, {bad} out of order or not recovered"
+        ));
+    }
+    let m = u64::from_ne_bytes([poison::MARKER_BYTE; 8]);
+    dst.verify(n, |_, _| m)?;
+    Ok(outcome("poison", cfg, faults, ns))
+}
+
+/// The byte the `wp` writer stores: different from what the page held.
+fn wp_byte(i: usize) -> u8 {
+    !pattern_byte(i)
+}
+
+fn wp_expected(i: usize, j: usize) -> u64 {
+    let w = pattern(i, j);
+    if j == 0 {
+        (w & !0xff) | u64::from(wp_byte(i))
+    } else {
+        w
+    }
+}
+
+fn wp(cfg: &Config) -> Result<Outcome, String> {
+    let n = cfg.pages;
+    let len = n * PAGE;
+    let dst = Map::anon(len)?;
+    dst.fill_pattern();
+    let uffd = new_uffd(FeatureFlags::empty())?;
+    uffd.register_with_mode(dst.ptr(), len, RegisterMode::WRITE_PROTECT)
+        .map_err(|e| format!("register: {e}"))?;
+    uffd.write_protect(dst.ptr(), len)
+        .map_err(|e| format!("write_protect: {e}"))?;
+    let uffd_ref = &uffd;
+    let st = style(cfg, 1);
+    let range = (dst.addr(), len);
+    let (res, ns) = fault_in(
+        cfg,
+        dst.addr(),
+        n,
+        1,
+        true,
+        wp_byte,
+        Some(move || {
+            serve(uffd_ref, st, range, n, |addr| {
+                uffd_ref
+                    .remove_write_protection(addr, PAGE, true)
+                    .map(|_| 1)
+            })
+        }),
+    );
+    let faults = res?;
+    dst.verify(n, wp_expected)?;
+    Ok(outcome("wp", cfg, faults, ns))
+}
+
+fn minor(cfg: &Config) -> Result<Outcome, String> {
+    let n = cfg.pages;
+    let len = n * PAGE;
+    let fd = Memfd::new(len)?;
+    let view = Map::shared(fd.0, len)?;
+    let filler = Map::shared(fd.0, len)?;
+    filler.fill_pattern();
+    let uffd = new_uffd(FeatureFlags::empty())?;
+    uffd.register_with_mode(view.ptr(), len, RegisterMode::MINOR)
+        .map_err(|e| format!("register: {e}"))?;
+    let uffd_ref = &uffd;
+    let st = style(cfg, 1);
+    let range = (view.addr(), len);
+    let (res, ns) = fault_in(
+        cfg,
+        view.addr(),
+        n,
+        1,
+        cfg.write,
+        pattern_byte,
+        Some(move || {
+            serve(uffd_ref, st, range, n, |addr| {
+                match uffd_ref.r#continue(addr, PAGE, true) {
+                    Ok(_) => Ok(1),
+                    Err(Error::AlreadyMapped { .. }) => uffd_ref.wake(addr, PAGE).map(|_| 0),
+                    Err(e) => Err(e),
+                }
+            })
+        }),
+    );
+    let faults = res?;
+    view.verify(n, pattern)?;
+    Ok(outcome("minor", cfg, faults, ns))
+}
+
+fn ioctl_copy(cfg: &Config) -> Result<Outcome, String> {
+    let n = cfg.pages;
+    let len = n * PAGE;
+    let dst = Map::anon(len)?;
+    let src = Map::anon(len)?;
+    src.fill_pattern();
+    let uffd = new_uffd(FeatureFlags::empty())?;
+    uffd.register(dst.ptr(), len)
+        .map_err(|e| format!("register: {e}"))?;
+    let ns = thread::scope(|s| {
+        s.spawn(|| {
+            pin_faulter(cfg);
+            let t0 = Instant::now();
+            for i in 0..n {
+                let off = i * PAGE;
+                // SAFETY: `dst + off` is a missing page of the registered range this scenario
+                // owns; `src + off` a filled page of a live mapping.
+                let r = unsafe {
+                    uffd.copy(
+                        (src.addr() + off) as *const c_void,
+                        (dst.addr() + off) as *mut c_void,
+                        PAGE,
+                        false,
+                    )
+                };
+                if let Err(e) = r {
+                    return Err(format!("copy page {i}: {e}"));
+                }
+            }
+            Ok((Instant::now() - t0).as_nanos())
+        })
+        .join()
+        .expect("copying thread")
+    })?;
+    dst.verify(n, pattern)?;
+    Ok(outcome("ioctl-copy", cfg, 0, ns))
+}
+
+/// A deterministic random tenth of `0..n`, in random order (xorshift64* and a partial
+/// Fisher-Yates shuffle).
+fn dirty_set(n: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let k = (n / 10).max(1);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..k {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let j = i + (r % (n - i) as u64) as usize;
+        idx.swap(i, j);
+    }
+    idx.truncate(k);
+    idx
+}
+
+fn wp_async(cfg: &Config) -> Result<Outcome, String> {
+    let n = cfg.pages;
+    let len = n * PAGE;
+    let dirty = dirty_set(n);
+    let k = dirty.len();
+    let mut want = vec![false; n];
+    for &i in &dirty {
+        want[i] = true;
+    }
+    let expected = |i: usize, j: usize| {
+        if want[i] {
+            wp_expected(i, j)
+        } else {
+            pattern(i, j)
+        }
+    };
+    let write_dirty = |base: usize| {
+        pin_faulter(cfg);
+        let t0 = Instant::now();
+        for &i in &dirty {
+            // SAFETY: page `i` lies in the scenario's live, populated mapping; the store may
+            // fault (synchronous WP) and wait for the handler.
+            unsafe { std::ptr::write_volatile((base + i * PAGE) as *mut u8, wp_byte(i)) };
+        }
+        (Instant::now() - t0).as_nanos()
+    };
+
+    // Asynchronous: the writer is not stopped; the dirty set is collected afterwards.
+    let dst = Map::anon(len)?;
+    dst.fill_pattern();
+    let uffd = new_uffd(FeatureFlags::WP_ASYNC)?;
+    uffd.register_with_mode(dst.ptr(), len, RegisterMode::WRITE_PROTECT)
+        .map_err(|e| format!("register: {e}"))?;
+    uffd.write_protect(dst.ptr(), len)
+        .map_err(|e| format!("write_protect: {e}"))?;
+    let pagemap = PageMap::open().map_err(|e| format!("pagemap: {e}"))?;
+    let mut scratch = vec![PageRegion::default(); k + 1];
+    let mut found = vec![false; n];
+    let write_ns = thread::scope(|s| s.spawn(|| write_dirty(dst.addr())).join()).expect("writer");
+    let t0 = Instant::now();
+    let mut bad = None;
+    pagemap
+        .for_each_written(dst.addr(), len, true, &mut scratch, |r| {
+            for p in (r.start()..r.end()).step_by(PAGE) {
+                let i = (p - dst.addr()) / PAGE;
+                if found[i] {
+                    bad = Some(i);
+                }
+                found[i] = true;
+            }
+        })
+        .map_err(|e| format!("PAGEMAP_SCAN: {e}"))?;
+    let scan_ns = (Instant::now() - t0).as_nanos();
+    if let Some(i) = bad {
+        return Err(format!("page {i} reported twice"));
+    }
+    if found != want {
+        return Err("PAGEMAP_SCAN reported a different set than was written".into());
+    }
+    let again = pagemap
+        .scan(&ScanRequest::written(dst.addr(), len), &mut scratch)
+        .map_err(|e| format!("PAGEMAP_SCAN: {e}"))?;
+    if again.regions != 0 {
+        return Err("the scan did not re-protect the written pages".into());
+    }
+    dst.verify(n, expected)?;
+
+    // Synchronous: every first write faults and the handler records the page.
+    drop(dst);
+    let sync = Map::anon(len)?;
+    sync.fill_pattern();
+    let uffd = new_uffd(FeatureFlags::empty())?;
+    uffd.register_with_mode(sync.ptr(), len, RegisterMode::WRITE_PROTECT)
+        .map_err(|e| format!("register: {e}"))?;
+    uffd.write_protect(sync.ptr(), len)
+        .map_err(|e| format!("write_protect: {e}"))?;
+    let mut seen = vec![false; n];
+    let base = sync.addr();
+    let (res, sync_ns) = thread::scope(|s| {
+        let uffd = &uffd;
+        let seen = &mut seen;
+        let st = style(cfg, 1);
+        let h = s.spawn(move || {
+            pin_handler(cfg);
+            serve(uffd, st, (base, len), k, |addr| {
+                seen[(addr as usize - base) / PAGE] = true;
+                uffd.remove_write_protection(addr, PAGE, true).map(|_| 1)
+            })
+        });
+        let ns = s.spawn(|| write_dirty(base)).join().expect("writer");
+        (
+            h.join().unwrap_or_else(|_| Err("handler panicked".into())),
+            ns,
+        )
+    });
+    res?;
+    if seen != want {
+        return Err("synchronous WP faults reported a different set than was written".into());
+    }
+    sync.verify(n, expected)?;
+    Ok(Outcome {
+        name: "wp-async",
+        pages: n,
+        faults: k,
+        ns: write_ns + scan_ns,
+        units: k,
+        extra: vec![
+            ("write_ns", write_ns.to_string()),
+            ("scan_ns", scan_ns.to_string()),
+            (
+                "sync_ns_per_fault",
+                format!("{:.1}", sync_ns as f64 / k as f64),
+            ),
+        ],
+    })
+}
+
+/// Builds the C program and runs it and the `copy` scenario alternately.
+fn compare_c(cfg: &Config) -> Result<(), String> {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/bench-c/uffd-copy.c");
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = exe.with_file_name("uffd-copy-c");
+    let st = Command::new("cc")
+        .args(["-O2", "-Wall", "-pthread", "-o"])
+        .arg(&out)
+        .arg(src)
+        .status()
+        .map_err(|e| format!("running cc: {e}"))?;
+    if !st.success() {
+        return Err(format!("cc -O2 {src} failed: {st}"));
+    }
+    let mut args = vec!["-n".to_string(), cfg.pages.to_string()];
+    if cfg.write {
+        args.extend(["-a".into(), "write".into()]);
+    }
+    match cfg.pin {
+        Pin::None => {}
+        Pin::Same => args.extend(["-p".into(), "same".into()]),
+        Pin::Split => args.extend(["-p".into(), "split".into()]),
+    }
+    if cfg.spin {
+        args.push("-s".into());
+    }
+    // Both sides run as fresh processes with the same arguments, in alternating order, so
+    // neither inherits the other's address-space history or always goes first.
+    let run_one = |prog: &std::path::Path, extra: &[&str]| -> Result<f64, String> {
+        let o = Command::new(prog)
+            .args(&args)
+            .args(extra)
+            .output()
+            .map_err(|e| format!("running {}: {e}", prog.display()))?;
+        let text = String::from_utf8_lossy(&o.stdout);
+        if !o.status.success() || !text.contains("verify=ok") {
+            return Err(format!(
+                "{} failed ({}): {text}{}",
+                prog.display(),
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        text.split_whitespace()
+            .find_map(|f| f.strip_prefix("ns_per_fault="))
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| format!("no ns_per_fault in {text:?}"))
+    };
+    let (mut rust, mut c) = (Vec::new(), Vec::new());
+    for round in 0..cfg.compare_rounds {
+        if round % 2 == 0 {
+            rust.push(run_one(&exe, &["copy"])?);
+            c.push(run_one(&out, &[])?);
+        } else {
+            c.push(run_one(&out, &[])?);
+            rust.push(run_one(&exe, &["copy"])?);
+        }
+    }
+    // Paired ratios cancel slow drift of the host; minima estimate the cost without
+    // scheduling noise, which on this VM is far larger than the library's share.
+    let mut paired: Vec<f64> = rust.iter().zip(&c).map(|(r, c)| r / c).collect();
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (r, cc, pr) = (med(&mut rust), med(&mut c), med(&mut paired));
+    println!(
+        "compare=copy rounds={} rust_ns_per_fault={r:.1} c_ns_per_fault={cc:.1} ratio={:.4} \
+         paired_ratio={pr:.4} rust_min={:.1} c_min={:.1} min_ratio={:.4}",
+        cfg.compare_rounds,
+        r / cc,
+        rust[0],
+        c[0],
+        rust[0] / c[0]
+    );
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Runs the built `uffd-bench` binary with a small page count: a few scenarios on their own,
+//! then `all`, with text and JSON output, and checks the exit status and the output format.
+//! Figures are not asserted (this is not a timed test); bad arguments must give a usage error.
+
+use std::process::{Command, Output};
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_uffd-bench"))
+        .args(args)
+        .output()
+        .expect("running uffd-bench")
+}
+
+/// Whether a userfaultfd for kernel-mode faults (what the benchmark creates) can be made here.
+fn uffd_available() -> bool {
+    userfaultfd::UffdBuilder::new().create().is_ok()
+}
+
+/// Checks one text line: the six fields in order, then optional `key=value` extras.
+fn check_line(line: &str, scenario: &str) {
+    let fields: Vec<(&str, &str)> = line
+        .split(' ')
+        .map(|f| {
+            f.split_once('=')
+                .unwrap_or_else(|| panic!("field {f:?} in {line:?}"))
+        })
+        .collect();
+    let keys: Vec<&str> = fields.iter().map(|f| f.0).collect();
+    assert_eq!(
+        keys[..6],
+        [
+            "scenario",
+            "pages",
+            "faults",
+            "ns_per_fault",
+            "gbps",
+            "verify"
+        ],
+        "{line}"
+    );
+    assert_eq!(fields[0].1, scenario, "{line}");
+    assert_eq!(fields[1].1, "64", "{line}");
+    fields[2].1.parse::<u64>().expect("faults is an integer");
+    let ns: f64 = fields[3].1.parse().expect("ns_per_fault is a number");
+    assert!(ns > 0.0, "{line}");
+    let gbps: f64 = fields[4].1.parse().expect("gbps is a number");
+    assert!(gbps > 0.0, "{line}");
+    assert_eq!(fields[5].1, "ok", "{line}");
+}
+
+fn run_ok(args: &[&str], expect: &[&str]) {
+    let out = bench(args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "uffd-bench {args:?}: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), expect.len(), "{stdout}");
+    for (line, name) in lines.iter().zip(expect) {
+        check_line(line, name);
+    }
+}
+
+const ALL: [&str; 13] = [
+    "touch",
+    "touch-shmem",
+    "copy",
+    "copy-batch",
+    "zeropage",
+    "copy-2t",
+    "prefetch",
+    "wp",
+    "minor",
+    "move",
+    "poison",
+    "ioctl-copy",
+    "wp-async",
+];
+
+#[test]
+fn scenarios_run_and_verify() {
+    if !uffd_available() {
+        eprintln!("skipped: no userfaultfd with kernel-mode faults here");
+        return;
+    }
+    run_ok(
+        &["-n", "64", "touch", "copy", "poison"],
+        &["touch", "copy", "poison"],
+    );
+    run_ok(
+        &[
+            "-n",
+            "64",
+            "-a",
+            "write",
+            "-p",
+            "same",
+            "copy-batch",
+            "minor",
+        ],
+        &["copy-batch", "minor"],
+    );
+    run_ok(
+        &["-n", "64", "-s", "-p", "split", "copy", "wp"],
+        &["copy", "wp"],
+    );
+    run_ok(&["-n", "64", "all"], &ALL);
+}
+
+#[test]
+fn json_output() {
+    if !uffd_available() {
+        eprintln!("skipped: no userfaultfd with kernel-mode faults here");
+        return;
+    }
+    let out = bench(&["-n", "64", "--json", "copy", "wp-async"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for (line, name) in lines.iter().zip(["copy", "wp-async"]) {
+        assert!(
+            line.starts_with(&format!("{{\"scenario\":\"{name}\",\"pages\":64,")),
+            "{line}"
+        );
+        assert!(line.contains("\"verify\":\"ok\""), "{line}");
+        assert!(line.contains("\"ns_per_fault\":"), "{line}");
+        assert!(line.ends_with('}'), "{line}");
+    }
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    for args in [
+        &["nonsense"][..],
+        &["-n"],
+        &["-n", "abc"],
+        &["-n", "3"],
+        &["-a", "sideways"],
+        &["-p", "both"],
+        &["--frobnicate"],
+    ] {
+        let out = bench(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?} printed figures");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("usage: uffd-bench"),
+            "{args:?}"
+        );
+    }
+}

@@ -1,0 +1,351 @@
+//! The fault-handling hot path does not touch the heap.
+//!
+//! A counting `#[global_allocator]` counts the allocations made by the handler thread while a
+//! window is open. Inside the window the handler resolves a few thousand real faults with
+//! `read_event`, `read_events` (its `EventBuffer` is allocated before the window), `copy`,
+//! `zeropage`, `r#move`, `r#continue` (on a memfd registered MINOR), `remove_write_protection`
+//! plus `wake` (write-protect faults), and also issues `write_protect` and `poison`. The test then
+//! asserts that the window saw zero allocations. It is deterministic (no timing) and needs a
+//! kernel with MOVE (6.8) and POISON (6.6); without them it says so and passes vacuously.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+
+use libc::c_void;
+use userfaultfd::{
+    Error, Event, EventBuffer, FaultKind, FeatureFlags, RegisterMode, Uffd, UffdBuilder,
+};
+
+/// Counts allocations made by threads whose `COUNTING` flag is set.
+struct CountingAlloc;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    // A const-initialised `Cell<bool>` has no destructor and needs no lazy initialisation, so
+    // reading it from inside the allocator cannot itself allocate or recurse.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn note_alloc() {
+    if COUNTING.try_with(Cell::get).unwrap_or(false) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every method forwards to `System`, which upholds the `GlobalAlloc` contract; the
+// counting touches only an atomic and a thread-local `Cell`.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: forwarded unchanged from our caller, who upholds `alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: as in `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_alloc();
+        // SAFETY: as in `alloc`; `p` was allocated by `System` through this allocator.
+        unsafe { System.realloc(p, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        // SAFETY: `p` was allocated by `System` through this allocator with `layout`.
+        unsafe { System.dealloc(p, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+const PAGE: usize = 4096;
+/// Pages in each of the three faulting regions (anonymous MISSING, memfd MINOR, anonymous WP).
+const PAGES: usize = 1024;
+/// Pages poisoned without a fault.
+const POISON_PAGES: usize = 64;
+
+/// An anonymous or shared mapping, unmapped on drop (the `mmap` crate is not needed here).
+struct Map {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: `Map` only owns an address range; the raw pointer is not used to create references,
+// and every access to the memory goes through volatile reads/writes or the kernel.
+unsafe impl Send for Map {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Map {}
+
+impl Map {
+    fn new(len: usize, flags: libc::c_int, fd: libc::c_int) -> Map {
+        // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED): it cannot alias memory
+        // this program uses.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                0,
+            )
+        };
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: the range was just mapped by this call.
+        let r = unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+        assert_eq!(r, 0);
+        Map { ptr: p.cast(), len }
+    }
+
+    fn anon(len: usize) -> Map {
+        Map::new(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)
+    }
+
+    fn page(&self, i: usize) -> *mut c_void {
+        self.ptr.wrapping_add(i * PAGE).cast()
+    }
+
+    /// Writes `fill(i)` into the first byte of page `i`, for every page.
+    fn fill(&self, fill: impl Fn(usize) -> u8) {
+        for i in 0..self.len / PAGE {
+            // SAFETY: page `i` lies inside this live mapping.
+            unsafe { ptr::write_volatile(self.page(i).cast::<u8>(), fill(i)) };
+        }
+    }
+
+    fn byte(&self, i: usize) -> u8 {
+        // SAFETY: page `i` lies inside this live mapping.
+        unsafe { ptr::read_volatile(self.page(i).cast::<u8>()) }
+    }
+}
+
+impl Drop for Map {
+    fn drop(&mut self) {
+        // SAFETY: the range was mapped in `new` and nothing refers to it after drop.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+fn copy_byte(i: usize) -> u8 {
+    (i % 251) as u8 + 1
+}
+fn move_byte(i: usize) -> u8 {
+    (i % 241) as u8 + 3
+}
+fn shm_byte(i: usize) -> u8 {
+    (i % 239) as u8 + 5
+}
+
+#[test]
+fn fault_hot_path_does_not_allocate() {
+    let supported = UffdBuilder::probe_features().expect("probe features");
+    let needed = FeatureFlags::MOVE
+        | FeatureFlags::POISON
+        | FeatureFlags::MINOR_SHMEM
+        | FeatureFlags::PAGEFAULT_FLAG_WP;
+    if !supported.contains(needed) {
+        eprintln!("skipped: the kernel lacks {:?}", needed - supported);
+        return;
+    }
+    let uffd = match UffdBuilder::new().user_mode_only(true).create() {
+        Ok(u) => u,
+        Err(Error::Unsupported { .. }) => {
+            eprintln!("skipped: no userfaultfd");
+            return;
+        }
+        Err(e) => panic!("create: {e}"),
+    };
+
+    // --- Setup, outside the window. ---
+    let len = PAGES * PAGE;
+    // Anonymous MISSING: pages resolved by copy (i % 3 == 0), zeropage (1) and move (2).
+    let missing = Map::anon(len);
+    uffd.register(missing.ptr.cast(), len)
+        .expect("register MISSING");
+    let copy_src = Map::anon(PAGE);
+    copy_src.fill(|_| 0);
+    let copy_src_page = copy_src.ptr as usize;
+    let move_src = Map::anon(len);
+    move_src.fill(move_byte);
+
+    // memfd MINOR: filled through an unregistered view, resolved with CONTINUE.
+    // SAFETY: the name is a NUL-terminated string; memfd_create returns a new fd or -1.
+    let memfd = unsafe { libc::memfd_create(c"no-alloc".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(memfd >= 0, "memfd_create");
+    // SAFETY: `memfd` is the fd just created.
+    assert_eq!(unsafe { libc::ftruncate(memfd, len as libc::off_t) }, 0);
+    let minor = Map::new(len, libc::MAP_SHARED, memfd);
+    let filler = Map::new(len, libc::MAP_SHARED, memfd);
+    filler.fill(shm_byte);
+    uffd.register_with_mode(minor.ptr.cast(), len, RegisterMode::MINOR)
+        .expect("register MINOR");
+
+    // Anonymous WP: populated, then write-protected; writes fault until unprotected.
+    let wp = Map::anon(len);
+    wp.fill(|_| 0xee);
+    uffd.register_with_mode(wp.ptr.cast(), len, RegisterMode::WRITE_PROTECT)
+        .expect("register WP");
+    uffd.write_protect(wp.ptr.cast(), len)
+        .expect("write_protect");
+
+    // Missing pages poisoned without any fault.
+    let poisoned = Map::anon(POISON_PAGES * PAGE);
+    uffd.register(poisoned.ptr.cast(), POISON_PAGES * PAGE)
+        .expect("register poison range");
+
+    let mut buf = EventBuffer::new(64);
+    let (m_addr, n_addr, w_addr) = (missing.ptr as usize, minor.ptr as usize, wp.ptr as usize);
+    let toucher = thread::spawn(move || {
+        let mut sum = 0u64;
+        for i in 0..PAGES {
+            // SAFETY: the page is mapped; the read blocks until the handler resolves it.
+            sum += u64::from(unsafe { ptr::read_volatile((m_addr + i * PAGE) as *const u8) });
+        }
+        for i in 0..PAGES {
+            // SAFETY: as above (a minor fault).
+            sum += u64::from(unsafe { ptr::read_volatile((n_addr + i * PAGE) as *const u8) });
+        }
+        for i in 0..PAGES {
+            // SAFETY: the page is mapped and populated; the write waits for unprotection.
+            unsafe { ptr::write_volatile((w_addr + i * PAGE) as *mut u8, i as u8) };
+        }
+        sum
+    });
+
+    // The counter works: one allocation inside a trial window is seen.
+    COUNTING.with(|c| c.set(true));
+    drop(std::hint::black_box(Box::new(7u8)));
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(
+        ALLOCS.swap(0, Ordering::Relaxed),
+        1,
+        "the counting allocator counts"
+    );
+
+    // --- The window: only the handler thread's allocations count. ---
+    COUNTING.with(|c| c.set(true));
+    let mut faults = [0usize; 3];
+    let mut use_batch = false;
+    while faults.iter().sum::<usize>() < 3 * PAGES {
+        if use_batch {
+            for ev in uffd.read_events(&mut buf).expect("read_events") {
+                resolve(
+                    &uffd,
+                    ev.expect("event"),
+                    m_addr,
+                    &move_src,
+                    copy_src_page,
+                    &mut faults,
+                );
+            }
+        } else {
+            let ev = uffd
+                .read_event()
+                .expect("read_event")
+                .expect("blocking read");
+            resolve(&uffd, ev, m_addr, &move_src, copy_src_page, &mut faults);
+        }
+        use_batch = !use_batch;
+    }
+    for i in 0..PAGES {
+        uffd.write_protect(wp.page(i), PAGE).expect("write_protect");
+    }
+    for i in 0..POISON_PAGES {
+        assert_eq!(
+            uffd.poison(poisoned.page(i), PAGE, false).expect("poison"),
+            PAGE
+        );
+    }
+    COUNTING.with(|c| c.set(false));
+    let allocs = ALLOCS.load(Ordering::Relaxed);
+
+    // --- Checks, outside the window. ---
+    let sum = toucher.join().expect("toucher");
+    assert_eq!(
+        allocs, 0,
+        "the handler allocated {allocs} times while resolving faults"
+    );
+    assert_eq!(faults, [PAGES; 3], "faults per region (missing, minor, wp)");
+    let mut expect = 0u64;
+    for i in 0..PAGES {
+        let want = match i % 3 {
+            0 => copy_byte(i),
+            1 => 0,
+            _ => move_byte(i),
+        };
+        assert_eq!(missing.byte(i), want, "missing page {i}");
+        assert_eq!(minor.byte(i), shm_byte(i), "minor page {i}");
+        assert_eq!(wp.byte(i), i as u8, "wp page {i}");
+        expect += u64::from(want) + u64::from(shm_byte(i));
+        if i % 3 == 2 {
+            assert_eq!(move_src.byte(i), 0, "moved-out source page {i} is a hole");
+        }
+    }
+    assert_eq!(sum, expect, "bytes the toucher read");
+    // SAFETY: `memfd` is ours; both mappings keep the file alive.
+    unsafe { libc::close(memfd) };
+}
+
+/// Resolves one fault; allocation-free unless something fails.
+fn resolve(
+    uffd: &Uffd,
+    ev: Event,
+    missing_base: usize,
+    move_src: &Map,
+    copy_src: usize,
+    faults: &mut [usize; 3],
+) {
+    let Event::Pagefault { kind, addr, .. } = ev else {
+        panic!("unexpected event");
+    };
+    match kind {
+        FaultKind::Missing => {
+            let idx = (addr as usize - missing_base) / PAGE;
+            match idx % 3 {
+                0 => {
+                    // SAFETY: `copy_src` is a live one-page mapping only this thread writes
+                    // (volatile, before the copy); `addr` is a missing page of a registered
+                    // range.
+                    unsafe {
+                        ptr::write_volatile(copy_src as *mut u8, copy_byte(idx));
+                        uffd.copy(copy_src as *const c_void, addr, PAGE, true)
+                    }
+                    .expect("copy");
+                }
+                1 => {
+                    // SAFETY: `addr` is a missing page of a range registered above.
+                    unsafe { uffd.zeropage(addr, PAGE, true) }.expect("zeropage");
+                }
+                _ => {
+                    // SAFETY: the source page is a populated, exclusive page of `move_src`
+                    // that nothing references; `addr` is a missing registered page.
+                    unsafe { uffd.r#move(move_src.page(idx), addr, PAGE, true) }.expect("move");
+                }
+            }
+            faults[0] += 1;
+        }
+        FaultKind::Minor => {
+            uffd.r#continue(addr, PAGE, true).expect("continue");
+            faults[1] += 1;
+        }
+        FaultKind::WriteProtected => {
+            uffd.remove_write_protection(addr, PAGE, false)
+                .expect("remove_write_protection");
+            uffd.wake(addr, PAGE).expect("wake");
+            faults[2] += 1;
+        }
+    }
+}
