@@ -1,0 +1,73 @@
+//! Stress in the style of the kernel's `uffd-stress`: concurrent locking, fault-handling and
+//! background-copy threads over anonymous, shmem (memfd `MAP_SHARED`) and hugetlb memory, with
+//! and without write-protect; every page counter must equal its shadow copy at the end. The
+//! engine is `stress_common/mod.rs`, shared with the long-running `uffd-stress` command
+//! (`cargo run --release -p examples --bin uffd-stress -- --bounces N --mib M`).
+
+use std::time::Duration;
+
+#[allow(dead_code)]
+mod stress_common;
+
+use stress_common::{run_bounded, Config, MemKind, Outcome};
+
+/// Sizes small enough for a debug build on 2 CPUs; the command does the long runs.
+fn config(kind: MemKind, wp: bool) -> Config {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    Config {
+        kind,
+        pages: if kind == MemKind::Hugetlb { 12 } else { 1024 },
+        bounces: 32,
+        wp,
+        threads,
+        ops_per_bounce: if kind == MemKind::Hugetlb { 300 } else { 1000 },
+        bounce_limit: Duration::from_secs(20),
+    }
+}
+
+fn stress(kind: MemKind, wp: bool) {
+    let cfg = config(kind, wp);
+    match run_bounded(cfg, Duration::from_secs(60)) {
+        Ok(Outcome::Done(r)) => {
+            println!("{kind:?} wp={wp}: {r:?}");
+            assert!(r.missing_faults > 0, "no fault was raced: {r:?}");
+            assert_eq!(r.verified_pages % cfg.pages as u64, 0);
+            assert!(r.verified_pages > 0);
+            if wp {
+                assert!(r.wp_faults > 0, "no write-protect fault: {r:?}");
+            }
+        }
+        Ok(Outcome::Skipped(why)) => println!("SKIPPED {kind:?} wp={wp}: {why}"),
+        Err(e) => panic!("{kind:?} wp={wp}: {e}"),
+    }
+}
+
+#[test]
+fn anon() {
+    stress(MemKind::Anon, false);
+}
+
+#[test]
+fn anon_wp() {
+    stress(MemKind::Anon, true);
+}
+
+#[test]
+fn shmem() {
+    stress(MemKind::Shmem, false);
+}
+
+#[test]
+fn shmem_wp() {
+    stress(MemKind::Shmem, true);
+}
+
+#[test]
+fn hugetlb() {
+    stress(MemKind::Hugetlb, false);
+}
+
+#[test]
+fn hugetlb_wp() {
+    stress(MemKind::Hugetlb, true);
+}
