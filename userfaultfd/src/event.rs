@@ -82,7 +82,9 @@ pub enum Event {
         from: *mut c_void,
         /// New start address.
         to: *mut c_void,
-        /// Old length.
+        /// Length of the moved range (for a shrinking `mremap`, the new, smaller length; the
+        /// cut-off tail and then the old range are reported as [`Event::Unmap`] when
+        /// `EVENT_UNMAP` is enabled).
         len: usize,
     },
     /// Pages of a registered range were dropped by `madvise(MADV_DONTNEED/MADV_REMOVE)`

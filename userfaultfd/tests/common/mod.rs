@@ -1,0 +1,340 @@
+//! Shared helpers of the `api_*` black-box tests: raw mappings, bounded waits on a userfaultfd,
+//! faulting threads, fd counting.
+#![allow(dead_code)]
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use libc::c_void;
+use userfaultfd::{Event, Uffd, UffdBuilder};
+
+/// How long a bounded wait may take before the test fails (never reached when things work).
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// The same, in milliseconds for poll(2).
+pub const TIMEOUT_MS: i32 = 10_000;
+
+/// The base page size.
+pub fn ps() -> usize {
+    userfaultfd::page_size()
+}
+
+/// An owned raw mapping, unmapped on drop (unless [`Map::forget`]).
+#[derive(Debug)]
+pub struct Map {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; it is only accessed through raw
+// pointers and volatile operations, so moving or sharing the handle between threads is sound.
+unsafe impl Send for Map {}
+// SAFETY: as above; `&Map` only hands out addresses.
+unsafe impl Sync for Map {}
+
+impl Map {
+    fn raw(len: usize, flags: libc::c_int, fd: libc::c_int) -> Option<Map> {
+        // SAFETY: a fresh mapping chosen by the kernel; nothing else is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            None
+        } else {
+            Some(Map { ptr: p.cast(), len })
+        }
+    }
+
+    /// Private anonymous memory.
+    pub fn anon(len: usize) -> Map {
+        Self::raw(
+            len,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+        )
+        .expect("mmap anon")
+    }
+
+    /// A `PROT_NONE` reservation of `len` bytes (destination for mremap).
+    pub fn reserve(len: usize) -> Map {
+        // SAFETY: a fresh mapping chosen by the kernel.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        Map { ptr: p.cast(), len }
+    }
+
+    /// `MAP_SHARED` of `fd` (shmem).
+    pub fn shared_fd(fd: &OwnedFd, len: usize) -> Map {
+        Self::raw(len, libc::MAP_SHARED, fd.as_raw_fd()).expect("mmap shared fd")
+    }
+
+    /// Private anonymous 2 MiB hugetlb memory, or `None` (with the reason) when the pool is
+    /// empty or hugetlb is unavailable.
+    pub fn hugetlb(len: usize) -> Result<Map, String> {
+        let free = mmap::HugePageSize::Size2MiB.free_pages().unwrap_or(0);
+        if (free as usize) < len / (2 << 20) {
+            return Err(format!(
+                "only {free} free 2 MiB huge pages (run `sysctl -w vm.nr_hugepages=128`)"
+            ));
+        }
+        Self::raw(
+            len,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_HUGETLB
+                | (21 << libc::MAP_HUGE_SHIFT),
+            -1,
+        )
+        .ok_or_else(|| {
+            format!(
+                "mmap(MAP_HUGETLB) failed: {}",
+                std::io::Error::last_os_error()
+            )
+        })
+    }
+
+    /// Start address as a `c_void` pointer (the type the uffd API takes).
+    pub fn ptr(&self) -> *mut c_void {
+        self.ptr.cast()
+    }
+
+    /// Start address.
+    pub fn addr(&self) -> usize {
+        self.ptr as usize
+    }
+
+    /// Address of byte `off` as a `c_void` pointer.
+    pub fn at(&self, off: usize) -> *mut c_void {
+        assert!(off <= self.len);
+        self.ptr.wrapping_add(off).cast()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Volatile read of byte `off` (may fault into a userfaultfd).
+    pub fn read(&self, off: usize) -> u8 {
+        assert!(off < self.len);
+        // SAFETY: `off` is inside the mapping, which lives as long as `self`.
+        unsafe { std::ptr::read_volatile(self.ptr.add(off)) }
+    }
+
+    /// Volatile write of byte `off`.
+    pub fn write(&self, off: usize, v: u8) {
+        assert!(off < self.len);
+        // SAFETY: `off` is inside the mapping, which lives as long as `self`.
+        unsafe { std::ptr::write_volatile(self.ptr.add(off), v) }
+    }
+
+    /// Fills `[off, off+n)` with `v` (volatile writes).
+    pub fn fill(&self, off: usize, n: usize, v: u8) {
+        for i in off..off + n {
+            self.write(i, v);
+        }
+    }
+
+    /// Asserts `[off, off+n)` all hold `v`.
+    pub fn assert_all(&self, off: usize, n: usize, v: u8) {
+        for i in off..off + n {
+            assert_eq!(self.read(i), v, "byte at offset {i:#x}");
+        }
+    }
+
+    /// `madvise(advice)` over `[off, off+n)`.
+    pub fn madvise(&self, off: usize, n: usize, advice: libc::c_int) {
+        // SAFETY: the range is inside our mapping; the advice values used by the tests only
+        // drop or mark pages.
+        let r = unsafe { libc::madvise(self.at(off), n, advice) };
+        assert_eq!(r, 0, "madvise: {}", std::io::Error::last_os_error());
+    }
+
+    /// Whether the page at `off` is resident (mincore).
+    pub fn resident(&self, off: usize) -> bool {
+        let mut v = 0u8;
+        // SAFETY: one page of our mapping; `v` receives one byte.
+        let r = unsafe { libc::mincore(self.at(off), ps(), &mut v) };
+        assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
+        v & 1 != 0
+    }
+
+    /// Gives up ownership without unmapping (the test unmapped or moved it itself).
+    pub fn forget(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Map {
+    fn drop(&mut self) {
+        // SAFETY: we own this mapping.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// A memfd of `len` bytes.
+pub fn memfd(len: usize) -> OwnedFd {
+    // SAFETY: NUL-terminated name; returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(c"uffd-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: plain syscall on our fd.
+    let r = unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) };
+    assert_eq!(r, 0);
+    fd
+}
+
+/// A non-blocking, close-on-exec userfaultfd with `features`.
+pub fn uffd_with(features: userfaultfd::FeatureFlags) -> Uffd {
+    UffdBuilder::new()
+        .non_blocking(true)
+        .require_features(features)
+        .create()
+        .expect("create uffd")
+}
+
+/// A non-blocking userfaultfd with no features.
+pub fn uffd() -> Uffd {
+    uffd_with(userfaultfd::FeatureFlags::empty())
+}
+
+/// poll(2) for readability; returns the revents (0 on timeout).
+pub fn poll_in(fd: impl AsFd, timeout_ms: i32) -> libc::c_short {
+    let mut p = libc::pollfd {
+        fd: fd.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if r >= 0 {
+            return if r == 0 { 0 } else { p.revents };
+        }
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EINTR)
+        );
+    }
+}
+
+/// Waits (bounded by [`TIMEOUT`]) for an event on a non-blocking `uffd` and reads it.
+pub fn next_event(uffd: &Uffd) -> Event {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no userfaultfd event within {TIMEOUT:?}");
+        let rev = poll_in(uffd, left.as_millis() as i32);
+        if rev == 0 {
+            continue;
+        }
+        assert_eq!(rev & libc::POLLIN, libc::POLLIN, "revents {rev:#x}");
+        // A fault can be woken (and vanish) between poll and read: then poll again.
+        if let Some(e) = uffd.read_event().expect("read_event") {
+            return e;
+        }
+    }
+}
+
+/// Asserts the next event is a page fault and returns `(kind, rw, addr, thread_id)`.
+pub fn next_fault(uffd: &Uffd) -> (userfaultfd::FaultKind, userfaultfd::ReadWrite, usize, i32) {
+    match next_event(uffd) {
+        Event::Pagefault {
+            kind,
+            rw,
+            addr,
+            thread_id,
+        } => (kind, rw, addr as usize, thread_id.as_raw()),
+        other => panic!("expected a page fault, got {other:?}"),
+    }
+}
+
+/// A thread that reads byte `addr` (volatile) and sends the value.
+pub fn reader(addr: usize) -> Receiver<u8> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        // SAFETY: the caller passes an address inside a mapping that outlives the wait on `rx`
+        // (tests keep the mapping until the value arrives or the test fails).
+        let v = unsafe { std::ptr::read_volatile(addr as *const u8) };
+        let _ = tx.send(v);
+    });
+    rx
+}
+
+/// A thread that writes `v` at `addr` (volatile) and reports completion.
+pub fn writer(addr: usize, v: u8) -> Receiver<()> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        // SAFETY: as for `reader`.
+        unsafe { std::ptr::write_volatile(addr as *mut u8, v) };
+        let _ = tx.send(());
+    });
+    rx
+}
+
+/// Receives with the standard bound.
+pub fn recv<T>(rx: &Receiver<T>) -> T {
+    rx.recv_timeout(TIMEOUT)
+        .expect("faulting thread did not complete in time")
+}
+
+/// The number of open file descriptors of this process (entries of /proc/self/fd, not counting
+/// the directory's own fd).
+pub fn count_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count() - 1
+}
+
+/// Whether `fd` is open (fcntl F_GETFD succeeds).
+pub fn fd_is_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD has no memory effects.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// This thread's id.
+pub fn gettid() -> i32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// The `pending:` count of `/proc/self/fdinfo/<fd>`: faults queued and not yet read.
+pub fn pending_faults(uffd: &Uffd) -> usize {
+    let s = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", uffd.as_raw_fd())).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("pending:"))
+        .expect("pending: line")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Spins (yielding) until `cond` holds, failing the test after [`TIMEOUT`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::yield_now();
+    }
+}
+
+/// A `Vec` of `n` bytes of `v` to copy from.
+pub fn page_of(v: u8, n: usize) -> Vec<u8> {
+    vec![v; n]
+}
