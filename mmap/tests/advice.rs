@@ -119,7 +119,10 @@ fn use_hugepages_reports_what_it_did() {
 
 #[test]
 fn disable_hugepages_sets_nh() {
-    let m = MemoryMappingBuilder::new(4 << 20).private().build().unwrap();
+    let m = MemoryMappingBuilder::new(4 << 20)
+        .private()
+        .build()
+        .unwrap();
     assert!(!vma_at(m.as_ptr()).has("nh"));
     m.disable_hugepages().unwrap();
     assert!(vma_at(m.as_ptr()).has("nh"));
