@@ -2,7 +2,7 @@
 //!
 //! Create a [`Uffd`] with a [`UffdBuilder`], register address ranges with it, and serve the
 //! [`Event`]s it reports from a handler thread by resolving faults with [`Uffd::copy`],
-//! [`Uffd::zeropage`], [`Uffd::r#continue`], [`Uffd::r#move`], [`Uffd::poison`] or
+//! [`Uffd::zeropage`], [`Uffd::r#continue`](struct.Uffd.html#method.continue), [`Uffd::r#move`](struct.Uffd.html#method.move), [`Uffd::poison`] or
 //! [`Uffd::remove_write_protection`]. Write-protect dirty tracking without faults is
 //! [`FeatureFlags::WP_ASYNC`] plus [`PageMap::scan`].
 //!

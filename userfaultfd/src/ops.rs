@@ -28,7 +28,7 @@ use crate::{
     range, raw, ContinueMode, CopyMode, MoveMode, PoisonMode, Uffd, WriteProtectMode, ZeropageMode,
 };
 
-/// The partial-progress rule (see the [module docs](self)) as a pure function: what a range
+/// The partial-progress rule (see [`Error`]) as a pure function: what a range
 /// ioctl's outcome means, given the errno it failed with (`None` on success), the value the
 /// kernel left in its output field (pre-set to 0), the requested length and the destination.
 ///
@@ -45,7 +45,7 @@ use crate::{
 /// # Errors
 ///
 /// [`Error::PartialProgress`], [`Error::AlreadyMapped`], [`Error::MappingChanging`] or
-/// [`Error::Os`], as the module docs describe.
+/// [`Error::Os`], as [`Error`] describes.
 pub fn range_outcome(
     op: Operation,
     errno: Option<Errno>,
@@ -88,7 +88,7 @@ fn wake_mode(wake: bool, dontwake: u64) -> u64 {
 impl Uffd {
     /// Resolves missing faults by atomically copying `len` bytes from `src` into the registered
     /// range at `dst` (`UFFDIO_COPY`, Linux 4.3), then wakes the faulting threads if `wake`.
-    /// Returns `len` on full success; see the [module docs](self) for partial progress.
+    /// Returns `len` on full success; see [`Error`] for partial progress.
     ///
     /// # Safety
     ///
@@ -221,12 +221,12 @@ impl Uffd {
         self.continue_with_mode(start, len, mode)
     }
 
-    /// [`r#continue`](Self::r#continue) with an explicit mode: [`ContinueMode::DONTWAKE`],
+    /// [`r#continue`](#method.continue) with an explicit mode: [`ContinueMode::DONTWAKE`],
     /// [`ContinueMode::WP`] (Linux 6.4; the range must be registered WRITE_PROTECT).
     ///
     /// # Errors
     ///
-    /// As [`r#continue`](Self::r#continue).
+    /// As [`r#continue`](#method.continue).
     pub fn continue_with_mode(
         &self,
         start: *mut c_void,
@@ -321,16 +321,16 @@ impl Uffd {
         unsafe { self.move_with_mode(src, dst, len, mode) }
     }
 
-    /// [`r#move`](Self::r#move) with an explicit mode: [`MoveMode::DONTWAKE`],
+    /// [`r#move`](#method.move) with an explicit mode: [`MoveMode::DONTWAKE`],
     /// [`MoveMode::ALLOW_SRC_HOLES`].
     ///
     /// # Safety
     ///
-    /// As [`r#move`](Self::r#move).
+    /// As [`r#move`](#method.move).
     ///
     /// # Errors
     ///
-    /// As [`r#move`](Self::r#move).
+    /// As [`r#move`](#method.move).
     pub unsafe fn move_with_mode(
         &self,
         src: *mut c_void,
