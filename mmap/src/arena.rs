@@ -109,10 +109,10 @@ impl MemoryMappingArena {
 
     /// Maps `builder` at `offset`, replacing what is there.
     fn place(&mut self, offset: usize, builder: MemoryMappingBuilder<'_>) -> Result<()> {
-        // SAFETY: `offset..offset + size` was checked to lie inside the arena,
-        // which this value owns; no references into it exist. The new mapping
-        // is then released with `into_raw`, so only the arena's `Drop` unmaps
+        // The new mapping is released with `into_raw` below, so only the arena's `Drop` unmaps
         // the range (no double munmap).
+        // SAFETY: `offset..offset + size` was checked to lie inside the arena, which this value
+        // owns, and no references into it exist.
         let m = unsafe { builder.build_fixed(self.addr.add(offset))? };
         m.into_raw();
         Ok(())

@@ -882,10 +882,9 @@ impl MemoryMapping {
         advice: libc::c_int,
     ) -> Result<()> {
         check_page_range(method, self.size, self.page_size, offset, count)?;
-        // SAFETY: the range lies inside the mapping this value owns (checked).
-        // The advice values used by this crate change at most the *contents*
-        // of the mapping (DONTNEED, REMOVE), which this crate never exposes
-        // through references, or its attributes.
+        // The advice values used by this crate change at most the *contents* of the mapping
+        // (DONTNEED, REMOVE), which this crate never exposes through references, or its attributes.
+        // SAFETY: the range lies inside the mapping this value owns (checked); see above.
         let ret = unsafe { libc::madvise(self.addr.add(offset).cast(), count, advice) };
         if ret == -1 {
             return Err(Error::last_os(op));
@@ -1391,11 +1390,9 @@ unsafe impl MappedRegion for MemoryMapping {
 impl Drop for MemoryMapping {
     /// Unmaps the mapping (munmap(2)).
     fn drop(&mut self) {
-        // SAFETY: the range was mapped at construction and is owned by this value;
-        // no `VolatileSlice` can outlive the borrow of `self`. An error cannot be
-        // reported from `drop`; munmap of a valid range does not fail short of
-        // exceeding `vm.max_map_count`, which cannot happen when removing a whole
-        // mapping.
+        // An error cannot be reported from `drop`; munmap of a whole valid mapping does not fail.
+        // SAFETY: the range was mapped at construction and is owned by this value; no
+        // `VolatileSlice` can outlive the borrow of `self`.
         unsafe { libc::munmap(self.addr.cast(), self.map_len) };
     }
 }

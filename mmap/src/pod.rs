@@ -50,10 +50,9 @@
 pub unsafe trait DataInit: Copy + Send + Sync + 'static {
     /// The bytes of `self`.
     fn as_bytes(&self) -> &[u8] {
-        // SAFETY: `self` is a valid reference to `size_of::<Self>()` bytes, all of
-        // them initialised because the trait contract rules out padding. The
-        // returned slice borrows `self`, so it cannot outlive it, and `u8` has
-        // alignment 1.
+        // The returned slice borrows `self`, so it cannot outlive it; `u8` has alignment 1.
+        // SAFETY: `self` is a valid reference to `size_of::<Self>()` bytes, all initialised
+        // because the trait contract rules out padding.
         unsafe {
             std::slice::from_raw_parts(
                 (self as *const Self).cast::<u8>(),
