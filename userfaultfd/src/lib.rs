@@ -65,9 +65,10 @@ pub use flags::{
     ContinueMode, CopyMode, FeatureFlags, IoctlFlags, MoveMode, PoisonMode, RegisterMode,
     WriteProtectMode, ZeropageMode,
 };
+/// The base page size, read once (`sysconf(_SC_PAGESIZE)`); range operations must be aligned to it.
+pub use mmap::pagesize as page_size;
 pub use ops::range_outcome;
 pub use pagemap::{PageCategories, PageMap, PageRegion, ScanFlags, ScanOutcome, ScanRequest};
-pub use range::page_size;
 pub use uffd::Uffd;
 
 /// The errno type of [`Error`] (re-exported from `nix`, as the 0.9 crate used it).

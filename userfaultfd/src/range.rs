@@ -1,29 +1,12 @@
 //! Checks shared by every operation on an address range.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use crate::error::{Error, Operation, Result};
-
-static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
-
-/// The base page size (`sysconf(_SC_PAGESIZE)`), read once.
-pub fn page_size() -> usize {
-    let cached = PAGE_SIZE.load(Ordering::Relaxed);
-    if cached != 0 {
-        return cached;
-    }
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    let ps = if ps > 0 { ps as usize } else { 4096 };
-    PAGE_SIZE.store(ps, Ordering::Relaxed);
-    ps
-}
 
 /// The kernel's `validate_range` rules that can be checked without a system call: `start` page
 /// aligned, `len` a non-zero multiple of the page size, no wrap-around. (The kernel additionally
 /// checks huge-page alignment on hugetlb and the process's address-space limit.)
 pub(crate) fn check(op: Operation, start: usize, len: usize) -> Result<()> {
-    let mask = page_size() - 1;
+    let mask = mmap::pagesize() - 1;
     let reason = if len == 0 {
         "the length is zero"
     } else if start & mask != 0 {
@@ -45,7 +28,7 @@ mod tests {
     #[test]
     fn rules() {
         let op = Operation::Copy;
-        let ps = page_size();
+        let ps = mmap::pagesize();
         assert!(check(op, ps, ps).is_ok());
         assert!(check(op, ps, 0).is_err());
         assert!(check(op, ps + 1, ps).is_err());
