@@ -271,3 +271,46 @@ fn exact_address_reports_the_faulting_byte() {
     unsafe { plain.zeropage(mem2.ptr(), ps, true) }.unwrap();
     assert_eq!(recv(&rx), 0);
 }
+
+/// A fork's descriptor is installed by the `read` itself; one the caller never takes out of
+/// the buffer must be closed when the buffer is read into again or dropped.
+#[test]
+fn unconsumed_fork_fds_are_closed_on_buffer_reuse_and_drop() {
+    let _g = serial();
+    let ps = ps();
+    let mem = Map::anon(ps);
+    let uffd = uffd_with(FeatureFlags::EVENT_FORK);
+    uffd.register(mem.ptr(), ps).unwrap();
+    for reuse in [true, false] {
+        // Allocate before forking: the forking thread holds malloc's locks until its event is
+        // read, so nothing on this side may allocate in between.
+        let mut buf = userfaultfd::EventBuffer::new(4);
+        let before = count_fds();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            // SAFETY: the child calls only _exit, which is async-signal-safe.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: terminating the child without running any Rust code.
+                unsafe { libc::_exit(0) };
+            }
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            tx.send(r == pid).unwrap();
+        });
+        assert_ne!(poll_in(&uffd, 10_000) & libc::POLLIN, 0, "no fork event");
+        let events = uffd.read_events(&mut buf).unwrap();
+        assert_eq!(events.len(), 1);
+        drop(events); // the Fork event is never yielded
+        assert!(recv(&rx));
+        assert_eq!(count_fds(), before + 1, "the read installed the child's uffd");
+        if reuse {
+            assert_eq!(uffd.read_events(&mut buf).unwrap().count(), 0);
+            assert_eq!(count_fds(), before, "reusing the buffer closes it");
+        } else {
+            drop(buf);
+            assert_eq!(count_fds(), before, "dropping the buffer closes it");
+        }
+    }
+}
