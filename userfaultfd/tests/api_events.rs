@@ -304,7 +304,11 @@ fn unconsumed_fork_fds_are_closed_on_buffer_reuse_and_drop() {
         assert_eq!(events.len(), 1);
         drop(events); // the Fork event is never yielded
         assert!(recv(&rx));
-        assert_eq!(count_fds(), before + 1, "the read installed the child's uffd");
+        assert_eq!(
+            count_fds(),
+            before + 1,
+            "the read installed the child's uffd"
+        );
         if reuse {
             assert_eq!(uffd.read_events(&mut buf).unwrap().count(), 0);
             assert_eq!(count_fds(), before, "reusing the buffer closes it");
