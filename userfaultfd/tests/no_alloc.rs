@@ -7,12 +7,23 @@
 //! plus `wake` (write-protect faults), and also issues `write_protect` and `poison`. The test then
 //! asserts that the window saw zero allocations. It is deterministic (no timing) and needs a
 //! kernel with MOVE (6.8) and POISON (6.6); without them it says so and passes vacuously.
+//!
+//! The handler counts pages, not messages: the kernel may deliver a fault again after it was
+//! read (`ioctl_userfaultfd(2)`: a resolved fault can still be read), so a repeated fault is
+//! woken and not counted twice. `write_protect` and `poison` run in a second window, after the
+//! faulting thread has finished: re-protecting the pages while its last write was woken but not
+//! yet retried made that write fault again with nobody left to serve it (the hang this test
+//! used to have under load). Every wait is bounded by [`STALL`], and a failure closes the
+//! userfaultfd (which lets the faulting thread finish) before it panics, so the test fails
+//! instead of hanging.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::os::fd::AsRawFd;
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
+use std::time::Duration;
 
 use libc::c_void;
 use userfaultfd::{
@@ -71,6 +82,8 @@ const PAGE: usize = 4096;
 const PAGES: usize = 1024;
 /// Pages poisoned without a fault.
 const POISON_PAGES: usize = 64;
+/// How long the handler waits for the next message before it declares the test stuck.
+const STALL: Duration = Duration::from_secs(30);
 
 /// An anonymous or shared mapping, unmapped on drop (the `mmap` crate is not needed here).
 struct Map {
@@ -160,7 +173,11 @@ fn fault_hot_path_does_not_allocate() {
         eprintln!("skipped: the kernel lacks {:?}", needed - supported);
         return;
     }
-    let uffd = match UffdBuilder::new().user_mode_only(true).create() {
+    let uffd = match UffdBuilder::new()
+        .user_mode_only(true)
+        .non_blocking(true)
+        .create()
+    {
         Ok(u) => u,
         Err(Error::Unsupported { .. }) => {
             eprintln!("skipped: no userfaultfd");
@@ -235,50 +252,66 @@ fn fault_hot_path_does_not_allocate() {
         "the counting allocator counts"
     );
 
+    // Allocated before the window: which pages are resolved, per region.
+    let mut state = Handler {
+        regions: [m_addr, n_addr, w_addr],
+        move_src: &move_src,
+        copy_src: copy_src_page,
+        resolved: vec![false; 3 * PAGES],
+        faults: [0; 3],
+        repeated: 0,
+    };
+
     // --- The window: only the handler thread's allocations count. ---
     COUNTING.with(|c| c.set(true));
-    let mut faults = [0usize; 3];
-    let mut use_batch = false;
-    while faults.iter().sum::<usize>() < 3 * PAGES {
-        if use_batch {
-            for ev in uffd.read_events(&mut buf).expect("read_events") {
-                resolve(
-                    &uffd,
-                    ev.expect("event"),
-                    m_addr,
-                    &move_src,
-                    copy_src_page,
-                    &mut faults,
-                );
-            }
-        } else {
-            let ev = uffd
-                .read_event()
-                .expect("read_event")
-                .expect("blocking read");
-            resolve(&uffd, ev, m_addr, &move_src, copy_src_page, &mut faults);
+    let outcome = state.serve(&uffd, &mut buf);
+    COUNTING.with(|c| c.set(false));
+    if let Err(e) = outcome {
+        // Closing the userfaultfd unregisters every range and wakes the faulting thread, which
+        // then gets the kernel's default handling and finishes: fail, do not hang.
+        drop(uffd);
+        let _ = toucher.join();
+        panic!("{e} (pages resolved per region: {:?})", state.faults);
+    }
+    // Every page is resolved, so the toucher finishes; joining is outside the windows.
+    let sum = toucher.join().expect("toucher");
+
+    // --- Second window: write-protect and poison without faults. ---
+    COUNTING.with(|c| c.set(true));
+    let outcome = (|| {
+        for i in 0..PAGES {
+            uffd.write_protect(wp.page(i), PAGE)
+                .map_err(|e| format!("write_protect: {e}"))?;
         }
-        use_batch = !use_batch;
-    }
-    for i in 0..PAGES {
-        uffd.write_protect(wp.page(i), PAGE).expect("write_protect");
-    }
-    for i in 0..POISON_PAGES {
-        assert_eq!(
-            uffd.poison(poisoned.page(i), PAGE, false).expect("poison"),
-            PAGE
-        );
-    }
+        for i in 0..POISON_PAGES {
+            match uffd.poison(poisoned.page(i), PAGE, false) {
+                Ok(PAGE) => {}
+                other => return Err(format!("poison page {i}: {other:?}")),
+            }
+        }
+        Ok(())
+    })();
     COUNTING.with(|c| c.set(false));
     let allocs = ALLOCS.load(Ordering::Relaxed);
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
 
-    // --- Checks, outside the window. ---
-    let sum = toucher.join().expect("toucher");
+    // --- Checks, outside the windows. ---
     assert_eq!(
         allocs, 0,
         "the handler allocated {allocs} times while resolving faults"
     );
-    assert_eq!(faults, [PAGES; 3], "faults per region (missing, minor, wp)");
+    assert_eq!(
+        state.faults, [PAGES; 3],
+        "pages resolved per region (missing, minor, wp)"
+    );
+    if state.repeated > 0 {
+        eprintln!(
+            "{} faults were delivered again after being read",
+            state.repeated
+        );
+    }
     let mut expect = 0u64;
     for i in 0..PAGES {
         let want = match i % 3 {
@@ -299,53 +332,115 @@ fn fault_hot_path_does_not_allocate() {
     unsafe { libc::close(memfd) };
 }
 
-/// Resolves one fault; allocation-free unless something fails.
-fn resolve(
-    uffd: &Uffd,
-    ev: Event,
-    missing_base: usize,
-    move_src: &Map,
+/// The handler's state: every buffer it needs is allocated before the window opens.
+struct Handler<'a> {
+    /// Base addresses of the MISSING, MINOR and WP regions.
+    regions: [usize; 3],
+    move_src: &'a Map,
     copy_src: usize,
-    faults: &mut [usize; 3],
-) {
-    let Event::Pagefault { kind, addr, .. } = ev else {
-        panic!("unexpected event");
-    };
-    match kind {
-        FaultKind::Missing => {
-            let idx = (addr as usize - missing_base) / PAGE;
-            match idx % 3 {
-                0 => {
-                    // SAFETY: `copy_src` is a live one-page mapping only this thread writes
-                    // (volatile, before the copy); `addr` is a missing page of a registered
-                    // range.
-                    unsafe {
-                        ptr::write_volatile(copy_src as *mut u8, copy_byte(idx));
-                        uffd.copy(copy_src as *const c_void, addr, PAGE, true)
-                    }
-                    .expect("copy");
+    /// `resolved[region * PAGES + page]`.
+    resolved: Vec<bool>,
+    /// Distinct pages resolved per region.
+    faults: [usize; 3],
+    /// Messages for faults that were already resolved.
+    repeated: usize,
+}
+
+impl Handler<'_> {
+    /// Serves faults until every page of the three regions is resolved, alternating between
+    /// `read_event` and `read_events`. Allocation-free unless something fails.
+    fn serve(&mut self, uffd: &Uffd, buf: &mut EventBuffer) -> Result<(), String> {
+        let mut use_batch = false;
+        while self.faults.iter().sum::<usize>() < 3 * PAGES {
+            wait_readable(uffd)?;
+            if use_batch {
+                for ev in uffd
+                    .read_events(buf)
+                    .map_err(|e| format!("read_events: {e}"))?
+                {
+                    self.resolve(uffd, ev.map_err(|e| format!("event: {e}"))?)?;
                 }
-                1 => {
-                    // SAFETY: `addr` is a missing page of a range registered above.
-                    unsafe { uffd.zeropage(addr, PAGE, true) }.expect("zeropage");
-                }
-                _ => {
-                    // SAFETY: the source page is a populated, exclusive page of `move_src`
-                    // that nothing references; `addr` is a missing registered page.
-                    unsafe { uffd.r#move(move_src.page(idx), addr, PAGE, true) }.expect("move");
+            } else {
+                // `None`: the fault was woken between poll and read; poll again.
+                if let Some(ev) = uffd.read_event().map_err(|e| format!("read_event: {e}"))? {
+                    self.resolve(uffd, ev)?;
                 }
             }
-            faults[0] += 1;
+            use_batch = !use_batch;
         }
-        FaultKind::Minor => {
-            uffd.r#continue(addr, PAGE, true).expect("continue");
-            faults[1] += 1;
+        Ok(())
+    }
+
+    /// Resolves one fault, or only wakes it if its page was resolved before.
+    fn resolve(&mut self, uffd: &Uffd, ev: Event) -> Result<(), String> {
+        let Event::Pagefault { kind, addr, .. } = ev else {
+            return Err(format!("unexpected event {ev:?}"));
+        };
+        let region = match kind {
+            FaultKind::Missing => 0,
+            FaultKind::Minor => 1,
+            FaultKind::WriteProtected => 2,
+        };
+        let idx = (addr as usize).wrapping_sub(self.regions[region]) / PAGE;
+        if idx >= PAGES {
+            return Err(format!("{kind:?} fault at {addr:?} outside its region"));
         }
-        FaultKind::WriteProtected => {
-            uffd.remove_write_protection(addr, PAGE, false)
-                .expect("remove_write_protection");
-            uffd.wake(addr, PAGE).expect("wake");
-            faults[2] += 1;
+        if std::mem::replace(&mut self.resolved[region * PAGES + idx], true) {
+            self.repeated += 1;
+            return uffd
+                .wake(addr, PAGE)
+                .map_err(|e| format!("wake {addr:?}: {e}"));
+        }
+        let r = match (kind, idx % 3) {
+            (FaultKind::Missing, 0) => {
+                // SAFETY: `copy_src` is a live one-page mapping only this thread writes
+                // (volatile, before the copy); `addr` is a missing page of a registered range.
+                unsafe {
+                    ptr::write_volatile(self.copy_src as *mut u8, copy_byte(idx));
+                    uffd.copy(self.copy_src as *const c_void, addr, PAGE, true)
+                }
+            }
+            // SAFETY: `addr` is a missing page of a range registered above.
+            (FaultKind::Missing, 1) => unsafe { uffd.zeropage(addr, PAGE, true) },
+            // SAFETY: the source page is a populated, exclusive page of `move_src` that nothing
+            // references (it is moved once: `resolved` guards against a repeated fault);
+            // `addr` is a missing registered page.
+            (FaultKind::Missing, _) => unsafe {
+                uffd.r#move(self.move_src.page(idx), addr, PAGE, true)
+            },
+            (FaultKind::Minor, _) => uffd.r#continue(addr, PAGE, true),
+            (FaultKind::WriteProtected, _) => uffd
+                .remove_write_protection(addr, PAGE, false)
+                .and_then(|()| uffd.wake(addr, PAGE))
+                .map(|()| PAGE),
+        };
+        match r {
+            Ok(PAGE) => {
+                self.faults[region] += 1;
+                Ok(())
+            }
+            other => Err(format!(
+                "resolving the {kind:?} fault at {addr:?}: {other:?}"
+            )),
+        }
+    }
+}
+
+/// Waits, bounded by [`STALL`], until the non-blocking `uffd` is readable.
+fn wait_readable(uffd: &Uffd) -> Result<(), String> {
+    let mut pfd = libc::pollfd {
+        fd: uffd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `pfd` is one live pollfd, as the count says.
+        match unsafe { libc::poll(&mut pfd, 1, STALL.as_millis() as libc::c_int) } {
+            0 => return Err(format!("no fault reported for {STALL:?}")),
+            1 if pfd.revents & libc::POLLIN != 0 => return Ok(()),
+            1 => return Err(format!("poll: revents {:#x}", pfd.revents)),
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => return Err(format!("poll: {}", std::io::Error::last_os_error())),
         }
     }
 }
