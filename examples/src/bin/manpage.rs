@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use examples::{fail, finish, page_size, wait_readable, Args, Wait};
 use mmap::MemoryMappingBuilder;
-use userfaultfd::{Event, Uffd, UffdBuilder};
+use userfaultfd::{Error, Event, Uffd, UffdBuilder};
 
 const USAGE: &str = "\
 usage: manpage [NUM_PAGES]
@@ -19,10 +19,11 @@ usage: manpage [NUM_PAGES]
 The userfaultfd(2) man-page example: a handler thread serves missing-page faults on
 NUM_PAGES pages (default 3, at most 1000) by copying in a page filled with a letter.";
 
-/// The handler thread: `pages` times poll, read one event, copy a page in.
+/// The handler thread: until `pages` pages are in, poll, read one event, copy a page in.
 fn serve(uffd: &Uffd, pages: usize, ps: usize) -> Result<usize, String> {
     let mut page = vec![0u8; ps];
-    for fault in 0..pages {
+    let mut fault = 0;
+    while fault < pages {
         match wait_readable(&[uffd.as_fd()], None, Duration::from_secs(30)) {
             Ok(Wait::Ready(_)) => {}
             other => return Err(format!("poll: {other:?}")),
@@ -41,9 +42,19 @@ fn serve(uffd: &Uffd, pages: usize, ps: usize) -> Result<usize, String> {
         page.fill(b'A' + (fault % 26) as u8);
         // SAFETY: `addr` is a missing page of the region registered above, which this
         // program owns; `page` is a live buffer of one page.
-        let n = unsafe { uffd.copy(page.as_ptr().cast(), addr, ps, true) }
-            .map_err(|e| e.to_string())?;
-        println!("        (uffdio_copy.copy returned {n})");
+        match unsafe { uffd.copy(page.as_ptr().cast(), addr, ps, true) } {
+            Ok(n) => {
+                println!("        (uffdio_copy.copy returned {n})");
+                fault += 1;
+            }
+            // The kernel may deliver a fault again after it was resolved: the page is there,
+            // so only wake the reader.
+            Err(Error::AlreadyMapped { .. }) => {
+                println!("        (page already present: woken)");
+                uffd.wake(addr, ps).map_err(|e| e.to_string())?;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
     Ok(pages)
 }

@@ -485,7 +485,12 @@ fn poison_scenario(cfg: &Config) -> Result<Outcome, String> {
         |_| poison::MARKER_BYTE,
         Some(move || {
             serve(uffd_ref, st, range, n, |addr| {
-                uffd_ref.poison(addr, PAGE, true).map(|_| 1)
+                match uffd_ref.poison(addr, PAGE, true) {
+                    Ok(_) => Ok(1),
+                    // A fault delivered again after its page was poisoned: only wake it.
+                    Err(Error::AlreadyMapped { .. }) => uffd_ref.wake(addr, PAGE).map(|_| 0),
+                    Err(e) => Err(e),
+                }
             })
         }),
     );
@@ -528,6 +533,10 @@ fn wp(cfg: &Config) -> Result<Outcome, String> {
     let uffd_ref = &uffd;
     let st = style(cfg, 1);
     let range = (dst.addr(), len);
+    let base = dst.addr();
+    // Which pages were unprotected: a fault delivered again counts once (allocated before the
+    // timed part).
+    let mut seen = vec![false; n];
     let (res, ns) = fault_in(
         cfg,
         dst.addr(),
@@ -537,9 +546,10 @@ fn wp(cfg: &Config) -> Result<Outcome, String> {
         wp_byte,
         Some(move || {
             serve(uffd_ref, st, range, n, |addr| {
+                let first = !std::mem::replace(&mut seen[(addr as usize - base) / PAGE], true);
                 uffd_ref
                     .remove_write_protection(addr, PAGE, true)
-                    .map(|_| 1)
+                    .map(|_| usize::from(first))
             })
         }),
     );
@@ -724,8 +734,10 @@ fn wp_async(cfg: &Config) -> Result<Outcome, String> {
         let h = s.spawn(move || {
             pin_handler(cfg);
             serve(uffd, st, (base, len), k, |addr| {
-                seen[(addr as usize - base) / PAGE] = true;
-                uffd.remove_write_protection(addr, PAGE, true).map(|_| 1)
+                // A fault delivered again counts once.
+                let first = !std::mem::replace(&mut seen[(addr as usize - base) / PAGE], true);
+                uffd.remove_write_protection(addr, PAGE, true)
+                    .map(|_| usize::from(first))
             })
         });
         let ns = s.spawn(|| write_dirty(base)).join().expect("writer");
