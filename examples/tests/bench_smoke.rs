@@ -2,13 +2,12 @@
 //! then `all`, with text and JSON output, and checks the exit status and the output format.
 //! Figures are not asserted (this is not a timed test); bad arguments must give a usage error.
 
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
 
 fn bench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_uffd-bench"))
-        .args(args)
-        .output()
-        .expect("running uffd-bench")
+    common::run(env!("CARGO_BIN_EXE_uffd-bench"), args)
 }
 
 /// Whether a userfaultfd for kernel-mode faults (what the benchmark creates) can be made here.
