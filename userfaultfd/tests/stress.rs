@@ -4,6 +4,7 @@
 //! engine is `stress_common/mod.rs`, shared with the long-running `uffd-stress` command
 //! (`cargo run --release -p examples --bin uffd-stress -- --bounces N --mib M`).
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 #[allow(dead_code)]
@@ -25,8 +26,14 @@ fn config(kind: MemKind, wp: bool) -> Config {
     }
 }
 
+/// The hugetlb runs take turns: each checks that twice its huge pages are free, which both
+/// could pass at once and then run short of the shared pool.
+static HUGETLB: Mutex<()> = Mutex::new(());
+
 fn stress(kind: MemKind, wp: bool) {
     let cfg = config(kind, wp);
+    let _turn =
+        (kind == MemKind::Hugetlb).then(|| HUGETLB.lock().unwrap_or_else(|p| p.into_inner()));
     match run_bounded(cfg, Duration::from_secs(60)) {
         Ok(Outcome::Done(r)) => {
             println!("{kind:?} wp={wp}: {r:?}");

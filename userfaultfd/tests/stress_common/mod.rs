@@ -18,6 +18,7 @@
 //! With write-protect every page is placed with `CopyMode::WP`, so every first write takes a
 //! write-protect fault as well.
 
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -267,8 +268,27 @@ struct Bounce<'a> {
 }
 
 impl Bounce<'_> {
+    /// Records a failure. The first one also unregisters the data pages of `dst`, so locking
+    /// threads blocked in (or looping through) their faults get the kernel's default handling
+    /// and can see the failure and stop; the stop pages stay registered, so the blocking
+    /// handlers are still released by them. The message is also printed at once, so it is seen
+    /// even if the bounce never returns.
     fn fail(&self, msg: String) {
-        self.failed.store(true, Ordering::SeqCst);
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            let a = self.areas;
+            let _ = self
+                .uffd
+                .unregister(a.base[self.dst] as *mut c_void, self.cfg.pages * a.psize);
+        }
+        // Straight to fd 2, not through the test harness's capture: if the process dies (a
+        // locker released into default handling can take SIGBUS when huge pages ran out), a
+        // captured message would be lost with it.
+        let _ = writeln!(
+            std::io::stderr(),
+            "stress: bounce {} mode {:#x}: {msg}",
+            self.bounce,
+            self.mode
+        );
         let mut e = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         if e.len() < 20 {
             e.push(format!(
@@ -278,12 +298,16 @@ impl Bounce<'_> {
         }
     }
 
+    /// Whether the bounce failed or ran past its deadline (which fails it, once).
     fn late(&self) -> bool {
+        if self.failed.load(Ordering::Relaxed) {
+            return true;
+        }
         if Instant::now() > self.deadline {
             self.fail("deadline passed: hung?".into());
             return true;
         }
-        self.failed.load(Ordering::Relaxed)
+        false
     }
 
     /// Copies page `p` of `src` into `dst` (write-protected in WP runs); `EEXIST` means another
@@ -396,18 +420,31 @@ impl Bounce<'_> {
         let p = (addr - base) / a.psize;
         let page = a.page(self.dst, p);
         if p >= self.cfg.pages {
-            // A stop page: place zeros and leave.
+            // A stop page: place zeros and leave. Each blocking handler must leave on a stop
+            // page of its own, so a stop fault delivered again (the page is there) is only
+            // woken, and this handler goes on reading.
             // SAFETY: a stop page of the registered dst area, used by nothing else; `zero` is
             // readable for a whole page.
             let r = unsafe {
                 self.uffd
                     .copy(zero.as_ptr().cast(), page as *mut c_void, a.psize, true)
             };
-            if let Err(e) = r {
-                self.fail(format!("stop page {p}: {e:?}"));
+            match r {
+                Ok(_) => {
+                    self.stops_seen.fetch_add(1, Ordering::SeqCst);
+                    return true;
+                }
+                Err(Error::AlreadyMapped { .. }) => {
+                    if let Err(e) = self.uffd.wake(page as *mut c_void, a.psize) {
+                        self.fail(format!("wake stop page {p}: {e:?}"));
+                    }
+                    return false;
+                }
+                Err(e) => {
+                    self.fail(format!("stop page {p}: {e:?}"));
+                    return true;
+                }
             }
-            self.stops_seen.fetch_add(1, Ordering::SeqCst);
-            return true;
         }
         match kind {
             FaultKind::Missing => {
@@ -445,8 +482,11 @@ impl Bounce<'_> {
     fn handler(&self) {
         let zero = vec![0u8; self.areas.psize];
         if self.mode & MODE_POLL == 0 {
-            // Blocking reads, one message each; the stop pages end the loop.
+            // Blocking reads, one message each; the stop pages end the loop. A handler that
+            // runs past the deadline (faults that never settle) fails the bounce but goes on
+            // serving until its stop page comes.
             loop {
+                self.late();
                 match self.uffd.read_event() {
                     Ok(Some(Event::Pagefault { kind, addr, .. })) => {
                         if self.handle(kind, addr as usize, &zero) {
