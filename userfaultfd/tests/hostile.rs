@@ -63,10 +63,13 @@ fn hostile<F: FnOnce() + Send + 'static>(body: F) {
     assert_eq!(before, after, "file descriptors leaked (before vs after)");
 }
 
-/// An anonymous private mapping, unmapped on drop.
+/// An anonymous private mapping, unmapped on drop; optionally with a one-page guard mapping
+/// beyond a hole (see [`Map::truncate`]).
 struct Map {
     addr: usize,
     len: usize,
+    /// Address of the guard page, or 0.
+    guard: usize,
 }
 
 impl Map {
@@ -87,6 +90,7 @@ impl Map {
         Map {
             addr: p as usize,
             len,
+            guard: 0,
         }
     }
 
@@ -94,13 +98,26 @@ impl Map {
         (self.addr + i * page_size()) as *mut c_void
     }
 
-    /// Unmaps the pages `[from, len)` of the mapping, leaving a hole the mapping cannot reuse.
+    /// Keeps the first `pages` pages, unmaps the ones after them except the last, which stays
+    /// mapped as a guard until drop. The hole is enclosed: another thread's new mapping (the
+    /// test harness's thread stacks, malloc's arenas) can be placed in it only if it is no
+    /// larger than the hole, instead of reusing it whatever its size, as it could an open gap
+    /// at the low end of the mmap area.
     fn truncate(&mut self, pages: usize) {
-        let keep = pages * page_size();
-        // SAFETY: the tail belongs to this mapping and nothing refers to it.
-        let r = unsafe { libc::munmap((self.addr + keep) as *mut c_void, self.len - keep) };
+        let ps = page_size();
+        let keep = pages * ps;
+        assert!(
+            self.guard == 0 && keep + ps < self.len,
+            "truncate needs a page for the guard"
+        );
+        let guard = self.addr + self.len - ps;
+        // SAFETY: the pages between `keep` and the guard belong to this mapping and nothing
+        // refers to them.
+        let r =
+            unsafe { libc::munmap((self.addr + keep) as *mut c_void, guard - self.addr - keep) };
         assert_eq!(r, 0);
         self.len = keep;
+        self.guard = guard;
     }
 }
 
@@ -110,13 +127,20 @@ impl Drop for Map {
             // SAFETY: the mapping was created by `anon` and is unmapped only here.
             unsafe { libc::munmap(self.addr as *mut c_void, self.len) };
         }
+        if self.guard != 0 {
+            // SAFETY: the guard page is the last page `anon` mapped; unmapped only here.
+            unsafe { libc::munmap(self.guard as *mut c_void, page_size()) };
+        }
     }
 }
 
-/// An address that is mapped nowhere (a page that was mapped and then unmapped).
-fn unmapped_page() -> usize {
-    let m = Map::anon(1);
-    m.addr
+/// A page that is mapped nowhere, enclosed by two mapped pages that the returned `Map` owns
+/// (so the hole stays a hole for as long as the `Map` lives; see [`Map::truncate`]).
+fn unmapped_page() -> (Map, usize) {
+    let mut m = Map::anon(3);
+    m.truncate(1);
+    let hole = m.addr + page_size();
+    (m, hole)
 }
 
 fn new_uffd(non_blocking: bool) -> Uffd {
@@ -292,7 +316,8 @@ fn ranges_crossing_a_mapping_end() {
         let ps = page_size();
         let uffd = new_uffd(false);
         let src = Map::anon(2);
-        let mut m = Map::anon(4);
+        // Four pages and a guard for the hole that `truncate` leaves.
+        let mut m = Map::anon(5);
         // Register the first two pages only: the VMA is split there.
         uffd.register(m.page(0), 2 * ps).expect("register");
         // A copy that starts in the registered VMA and ends in the unregistered one.
@@ -308,7 +333,7 @@ fn ranges_crossing_a_mapping_end() {
         assert_eq!(r.expect("copy of one page"), ps);
         uffd.unregister(m.page(0), 2 * ps).expect("unregister");
 
-        // A range that runs past the end of the last mapping into unmapped space.
+        // A range that runs past the end of the mapping into the unmapped hole after it.
         m.truncate(2);
         // SAFETY: the range is outside any registered VMA; the kernel refuses it.
         let r = unsafe { uffd.copy(src.page(0), m.page(1), 2 * ps, true) };
@@ -359,7 +384,8 @@ fn unregistered_ranges() {
             Errno::ENOENT,
         );
         // A range with no mapping at all.
-        let hole = unmapped_page() as *mut c_void;
+        let (_guards, hole) = unmapped_page();
+        let hole = hole as *mut c_void;
         assert_os(uffd.register(hole, ps), Operation::Register, Errno::EINVAL);
         assert_os(
             uffd.unregister(hole, ps),
@@ -424,14 +450,15 @@ fn copy_from_an_unmapped_source() {
         let uffd = new_uffd(false);
         let m = Map::anon(2);
         uffd.register(m.page(0), 2 * ps).expect("register");
-        for src in [unmapped_page(), 0, 8 * ps] {
+        let (_guards, hole) = unmapped_page();
+        for src in [hole, 0, 8 * ps] {
             // SAFETY: the source is unreadable, so the kernel places nothing (EFAULT).
             let r = unsafe { uffd.copy(src as *const c_void, m.page(0), ps, true) };
             assert_os(r, Operation::Copy, Errno::EFAULT);
         }
         // A source that becomes unreadable halfway: the first page is copied, then EFAULT is
         // reported as partial progress.
-        let mut src = Map::anon(2);
+        let mut src = Map::anon(3);
         src.truncate(1);
         // SAFETY: dst pages are registered and missing; the source's first page is readable.
         let r = unsafe { uffd.copy(src.page(0), m.page(0), 2 * ps, true) };
