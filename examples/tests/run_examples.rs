@@ -195,3 +195,16 @@ fn uffd_probe_table_and_json() {
 fn uffd_probe_bad_argument() {
     assert_usage(env!("CARGO_BIN_EXE_uffd-probe"), &["--yaml"]);
 }
+
+#[test]
+fn a_hung_program_and_its_children_are_killed() {
+    // A stand-in for a hung example that started a server: the shell and its background child
+    // both outlive the limit. Both must be killed, or the pipe readers would wait for them.
+    let r = common::run_limited(
+        "/bin/sh",
+        &["-c", "echo started; sleep 600 & sleep 600"],
+        std::time::Duration::from_millis(200),
+    );
+    let e = r.expect_err("a program that outlives its limit is an error");
+    assert!(e.contains("was killed") && e.contains("started"), "{e}");
+}

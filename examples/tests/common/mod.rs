@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::Duration;
@@ -10,13 +11,21 @@ use std::time::Duration;
 /// on 32 MiB or `uffd-bench all` on 64 pages, take a few seconds).
 const LIMIT: Duration = Duration::from_secs(300);
 
-/// Runs `bin` to completion and returns its output. It waits on a pidfd with [`LIMIT`] as the
-/// timeout and kills the child when that passes, so a hung example fails the suite instead of
-/// blocking it. (The child is reaped only by `wait` below, so `kill` cannot hit another
-/// process.)
+/// Runs `bin` to completion and returns its output, failing the test if it runs longer than
+/// [`LIMIT`] (see [`run_limited`]).
 pub fn run(bin: &str, args: &[&str]) -> Output {
+    run_limited(bin, args, LIMIT).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `bin` to completion and returns its output. It waits on a pidfd with `limit` as the
+/// timeout and kills the child's process group when that passes (then `Err` with what the
+/// program printed), so a hung example fails the suite instead of blocking it.
+pub fn run_limited(bin: &str, args: &[&str], limit: Duration) -> Result<Output, String> {
     let mut child = Command::new(bin)
         .args(args)
+        // Its own process group, so a time-out kills what it started too (page-server's
+        // `--serve` child), and nothing keeps the output pipes open afterwards.
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -45,7 +54,7 @@ pub fn run(bin: &str, args: &[&str]) -> Output {
     };
     let exited = loop {
         // SAFETY: `pfd` is one live pollfd, as the count says.
-        match unsafe { libc::poll(&mut pfd, 1, LIMIT.as_millis() as libc::c_int) } {
+        match unsafe { libc::poll(&mut pfd, 1, limit.as_millis() as libc::c_int) } {
             0 => break false,
             1.. => break true,
             _ => assert_eq!(
@@ -55,22 +64,25 @@ pub fn run(bin: &str, args: &[&str]) -> Output {
         }
     };
     if !exited {
-        let _ = child.kill();
+        // SAFETY: kill(2) touches no memory of ours. The group id is the child's pid, which
+        // stays reserved until `wait` below reaps the child, so no other group can have it.
+        unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
     }
     let status = child
         .wait()
         .unwrap_or_else(|e| panic!("cannot wait for {bin}: {e}"));
     let stdout = stdout.join().expect("stdout reader");
     let stderr = stderr.join().expect("stderr reader");
-    assert!(
-        exited,
-        "{bin} {args:?} ran longer than {LIMIT:?} and was killed:\n{}\n{}",
-        String::from_utf8_lossy(&stdout),
-        String::from_utf8_lossy(&stderr)
-    );
-    Output {
+    if !exited {
+        return Err(format!(
+            "{bin} {args:?} ran longer than {limit:?} and was killed:\n{}\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ));
+    }
+    Ok(Output {
         status,
         stdout,
         stderr,
-    }
+    })
 }
