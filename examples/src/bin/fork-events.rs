@@ -208,7 +208,8 @@ impl Monitor<'_> {
         };
         match r {
             Ok(_) => {}
-            Err(Error::AlreadyMapped { .. }) => uffd.wake(dst, ps)?,
+            // A fault delivered again after it was resolved: wake it, count it once.
+            Err(Error::AlreadyMapped { .. }) => return uffd.wake(dst, ps),
             Err(e) => return Err(e),
         }
         let mut st = self.state.lock().unwrap();

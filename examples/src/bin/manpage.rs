@@ -32,7 +32,8 @@ fn serve(uffd: &Uffd, pages: usize, ps: usize) -> Result<usize, String> {
         println!("    poll() returns: POLLIN = 1; POLLERR = 0");
         let event = match uffd.read_event() {
             Ok(Some(e)) => e,
-            Ok(None) => return Err("EAGAIN on read".into()),
+            // The fault was woken between poll and read (poll(2) promises no message).
+            Ok(None) => continue,
             Err(e) => return Err(e.to_string()),
         };
         let Event::Pagefault { addr, rw, .. } = event else {
