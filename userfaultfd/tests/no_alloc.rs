@@ -4,12 +4,13 @@
 //! window is open. Inside the window the handler resolves a few thousand real faults with
 //! `read_event`, `read_events` (its `EventBuffer` is allocated before the window), `copy`,
 //! `zeropage`, `r#move`, `r#continue` (on a memfd registered MINOR), `remove_write_protection`
-//! plus `wake` (write-protect faults), and also issues `write_protect` and `poison`. The test then
-//! asserts that the window saw zero allocations. It is deterministic (no timing) and needs a
+//! plus `wake` (write-protect faults); a second window issues `write_protect` and `poison`. The
+//! test then asserts that the windows saw zero allocations. It is deterministic (no timing) and needs a
 //! kernel with MOVE (6.8) and POISON (6.6); without them it says so and passes vacuously.
 //!
-//! The handler counts pages, not messages: the kernel may deliver a fault again after it was
-//! read (`ioctl_userfaultfd(2)`: a resolved fault can still be read), so a repeated fault is
+//! The handler counts pages, not messages: a fault can be delivered again after it was read
+//! (a faulting thread woken early, by a signal say, retries and queues a new message; the
+//! kernel's uffd selftests treat the resulting `EEXIST` the same way), so a repeated fault is
 //! woken and not counted twice. `write_protect` and `poison` run in a second window, after the
 //! faulting thread has finished: re-protecting the pages while its last write was woken but not
 //! yet retried made that write fault again with nobody left to serve it (the hang this test
