@@ -13,9 +13,11 @@ use crate::{check_page_range, Error, Protection, Result};
 ///
 /// # Safety
 ///
-/// An implementation promises that `as_ptr()..as_ptr() + size()` is a range of
-/// the address space that the value owns: it stays mapped, and is unmapped by
-/// nothing else, until the value is dropped; and that no Rust reference
+/// An implementation promises that `as_ptr()` is page aligned and that the
+/// whole pages covering `as_ptr()..as_ptr() + size()` are a range of the
+/// address space that the value owns (a mapping always covers whole pages, so
+/// callers may round `size()` up to the page size): it stays mapped, and is
+/// unmapped by nothing else, until the value is dropped; and that no Rust reference
 /// (`&`/`&mut`) into the range is ever created, so other agents (kernel,
 /// other processes, a userfaultfd handler) may change its bytes at any time.
 /// Callers may rely on this to hand the range to system calls.

@@ -16,12 +16,41 @@ use crate::{FeatureFlags, IoctlFlags};
 
 const DEVICE: &CStr = c"/dev/userfaultfd";
 
+/// The features a successful `UFFDIO_API` enables for `requested`: the kernel turns on
+/// `WP_UNPOPULATED` whenever `WP_ASYNC` is requested (`fs/userfaultfd.c`, Linux 6.7), so that
+/// asynchronous write protection also covers pages never touched.
+fn enabled_features(requested: FeatureFlags) -> FeatureFlags {
+    if requested.contains(FeatureFlags::WP_ASYNC) {
+        requested | FeatureFlags::WP_UNPOPULATED
+    } else {
+        requested
+    }
+}
+
+/// Whether [`CreationMethod::Auto`] tries the syscall after the device path failed with `e`:
+/// on every failure of opening `/dev/userfaultfd` or of its `USERFAULTFD_IOC_NEW` (missing
+/// device before 6.1 or in a container, no access, an LSM or seccomp refusing the ioctl, a
+/// different driver at that path), except when the process is out of descriptors or memory,
+/// where the syscall would fail the same way and the first error says more.
+fn device_failure_falls_back(e: &Error) -> bool {
+    match e {
+        Error::DeviceAccess { .. } => true,
+        Error::Os {
+            op: Operation::OpenDevice | Operation::IocNew,
+            errno,
+        } => !matches!(errno, Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM),
+        _ => false,
+    }
+}
+
 /// How [`UffdBuilder::create`] obtains the file descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum CreationMethod {
     /// `/dev/userfaultfd` first; the `userfaultfd(2)` syscall when the device is missing
-    /// (kernels before 6.1) or this process may not open it. The default.
+    /// (kernels before 6.1), this process may not open it, or its `USERFAULTFD_IOC_NEW` is
+    /// refused (an LSM or a seccomp filter): every device-path failure but running out of
+    /// descriptors or memory. The default.
     #[default]
     Auto,
     /// Only the `userfaultfd(2)` syscall (Linux 4.3). Kernel-mode faults then need
@@ -153,10 +182,11 @@ impl UffdBuilder {
             return Err(self.api_error(errno));
         }
         let info = ApiInfo {
-            features: self.req_features,
+            features: enabled_features(self.req_features),
             supported: FeatureFlags::from_bits_retain(api.features),
             ioctls: IoctlFlags::from_bits_retain(api.ioctls),
             required_range_ioctls: self.req_ioctls & !IoctlFlags::API_IOCTLS,
+            features_known: true,
         };
         self.check_ioctls(&info)?;
         Ok(Uffd::from_parts(fd, info))
@@ -220,12 +250,7 @@ impl UffdBuilder {
             CreationMethod::Device => self.open_device(),
             CreationMethod::Auto => match self.open_device() {
                 Ok(fd) => Ok(fd),
-                // Missing device (before 6.1, or not in this container) or no access to it.
-                Err(Error::DeviceAccess { .. })
-                | Err(Error::Os {
-                    op: Operation::OpenDevice,
-                    errno: Errno::ENOENT | Errno::ENODEV | Errno::ENXIO,
-                }) => self.open_syscall(),
+                Err(e) if device_failure_falls_back(&e) => self.open_syscall(),
                 Err(e) => Err(e),
             },
         }
@@ -334,6 +359,48 @@ impl UffdBuilder {
                 missing,
                 available,
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wp_async_enables_wp_unpopulated() {
+        assert_eq!(
+            enabled_features(FeatureFlags::WP_ASYNC),
+            FeatureFlags::WP_ASYNC | FeatureFlags::WP_UNPOPULATED
+        );
+        assert_eq!(
+            enabled_features(FeatureFlags::THREAD_ID),
+            FeatureFlags::THREAD_ID
+        );
+    }
+
+    #[test]
+    fn auto_falls_back_on_device_failures_but_not_exhaustion() {
+        let os = |op, errno| Error::Os { op, errno };
+        for e in [
+            Error::DeviceAccess {
+                op: Operation::OpenDevice,
+                errno: Errno::EACCES,
+            },
+            os(Operation::OpenDevice, Errno::ENOENT),
+            os(Operation::IocNew, Errno::EPERM),
+            os(Operation::IocNew, Errno::EACCES),
+            os(Operation::IocNew, Errno::ENOTTY),
+        ] {
+            assert!(device_failure_falls_back(&e), "{e}");
+        }
+        for e in [
+            os(Operation::OpenDevice, Errno::EMFILE),
+            os(Operation::IocNew, Errno::ENFILE),
+            os(Operation::IocNew, Errno::ENOMEM),
+            os(Operation::Api, Errno::EINVAL),
+        ] {
+            assert!(!device_failure_falls_back(&e), "{e}");
         }
     }
 }

@@ -99,7 +99,7 @@ UffdBuilder::user_mode_only(true)";
 /// | kernel outcome | result |
 /// |---|---|
 /// | everything done | `Ok(len)` |
-/// | `0 < done < len` (`EAGAIN`, or another error after some progress) | [`Error::PartialProgress`]: resume at `dst + done` |
+/// | `0 < done < len` (the kernel then always says `EAGAIN`) | [`Error::PartialProgress`]: resume at `dst + done` |
 /// | nothing done, `EEXIST` | [`Error::AlreadyMapped`]: the page is there; `wake` the range |
 /// | nothing done, `EAGAIN` (an unread non-cooperative event) | [`Error::MappingChanging`]: read events, then retry |
 /// | any other error | [`Error::Os`] |
@@ -126,8 +126,10 @@ pub enum Error {
         addr: usize,
     },
 
-    /// The operation did `done` bytes of `len` and then stopped with `errno` (usually `EAGAIN`,
-    /// or `EEXIST` met at `dst + done`). Resume at `dst + done`.
+    /// The operation did `done` bytes of `len` and then stopped. The kernel reports every stop
+    /// after partial progress as `EAGAIN`, whatever stopped it (a page already present at
+    /// `dst + done`, a pending event, a signal): resume at `dst + done`, where the next call
+    /// reports the actual cause with nothing done.
     #[error("{op} did {done} of {len} bytes, then stopped with {errno} ({desc}); resume at dst+{done}",
             desc = errno.desc())]
     PartialProgress {
@@ -191,7 +193,9 @@ pub enum Error {
 
     /// The kernel lacks ioctls the builder requires: at creation the API ioctls and the range
     /// ioctls the enabled features cannot provide, at registration the range ioctls the kernel
-    /// returned for that range.
+    /// returned for that range. After a registration the range **stays registered** (this
+    /// `Uffd` may have registered it before, and unregistering would release faults that
+    /// are waiting for the handler's data): unregister it if it will not be used.
     #[error("{op}: the required ioctls {missing:?} are unavailable (available: {available:?})")]
     UnsupportedIoctls {
         /// `UFFDIO_API` or `UFFDIO_REGISTER`.
@@ -226,6 +230,39 @@ pub enum Error {
     #[error("read(userfaultfd): end of file")]
     ReadEof,
 
+    /// A blocking `read(2)` was interrupted by a signal handler installed without `SA_RESTART`
+    /// (`EINTR`). Nothing was read; call again to keep waiting. (Handlers installed with
+    /// `SA_RESTART` never cause this: the kernel restarts the read.) This is how a thread
+    /// blocked in [`Uffd::read_event`](crate::Uffd::read_event) can be interrupted.
+    #[error("{op} was interrupted by a signal (EINTR); nothing was read")]
+    Interrupted {
+        /// What was called.
+        op: Operation,
+    },
+
+    /// The descriptor handed to [`Uffd::try_from`](crate::Uffd#impl-TryFrom<OwnedFd>-for-Uffd) is not a userfaultfd
+    /// (its `/proc/self/fd` link is not `anon_inode:[userfaultfd]`), or that could not be
+    /// checked because `/proc` is not mounted. Accepting it would let forged messages make
+    /// this crate take ownership of arbitrary descriptors.
+    #[error("the descriptor is not a userfaultfd: {reason}")]
+    NotUserfaultfd {
+        /// What was found.
+        reason: &'static str,
+    },
+
+    /// The safe call was refused because, given this `Uffd`'s state, it could make memory that
+    /// Rust code may reference trap. Today: registering a raw address range with a `Uffd` that
+    /// has [`FeatureFlags::SIGBUS`] (every fault there then raises `SIGBUS` instead of waiting).
+    /// Register an owned region (`register_region`) or use the `unsafe` form
+    /// ([`Uffd::register_unchecked`](crate::Uffd::register_unchecked)).
+    #[error("{op}: refused: {reason}")]
+    RequiresUnsafe {
+        /// What would have been called.
+        op: Operation,
+        /// Why the safe form cannot do it.
+        reason: &'static str,
+    },
+
     /// A message carried an event code this crate does not know (a newer kernel).
     #[error("read(userfaultfd): unrecognised event code {event:#x}")]
     UnrecognizedEvent {
@@ -256,6 +293,7 @@ impl Error {
             Error::MappingChanging { .. } => Some(Errno::EAGAIN),
             Error::Unsupported { .. } => Some(Errno::ENOSYS),
             Error::PermissionDenied { .. } => Some(Errno::EPERM),
+            Error::Interrupted { .. } => Some(Errno::EINTR),
             _ => None,
         }
     }
@@ -271,7 +309,10 @@ impl Error {
             | Error::PermissionDenied { op }
             | Error::DeviceAccess { op, .. }
             | Error::UnsupportedIoctls { op, .. }
+            | Error::Interrupted { op }
+            | Error::RequiresUnsafe { op, .. }
             | Error::InvalidArgument { op, .. } => Some(*op),
+            Error::NotUserfaultfd { .. } => None,
             Error::UnsupportedFeatures { .. } => Some(Operation::Api),
             Error::IncompleteMsg { .. } | Error::ReadEof | Error::UnrecognizedEvent { .. } => {
                 Some(Operation::Read)

@@ -315,9 +315,38 @@ impl std::fmt::Debug for EventBuffer {
 }
 
 impl EventBuffer {
-    /// A buffer for up to `size` messages per `read`. A buffer of size 0 is allowed, but
+    /// The largest buffer: 65,536 messages (2 MiB), far more than one `read(2)` can find
+    /// pending (one message per blocked faulting thread, plus events).
+    pub const MAX_CAPACITY: usize = 1 << 16;
+
+    /// A buffer for up to `size` messages per `read`, clamped to [`MAX_CAPACITY`](Self::MAX_CAPACITY)
+    /// (use [`try_new`](Self::try_new) to be told instead). A buffer of size 0 is allowed, but
     /// reading into it fails with [`Error::InvalidArgument`].
+    ///
+    /// ```
+    /// let buf = userfaultfd::EventBuffer::new(usize::MAX);
+    /// assert_eq!(buf.capacity(), userfaultfd::EventBuffer::MAX_CAPACITY);
+    /// ```
     pub fn new(size: usize) -> Self {
+        Self::with_capacity(size.min(Self::MAX_CAPACITY))
+    }
+
+    /// A buffer for up to `size` messages per `read`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `size` exceeds [`MAX_CAPACITY`](Self::MAX_CAPACITY).
+    pub fn try_new(size: usize) -> Result<Self> {
+        if size > Self::MAX_CAPACITY {
+            return Err(Error::InvalidArgument {
+                op: Operation::Read,
+                reason: "an EventBuffer holds at most EventBuffer::MAX_CAPACITY messages",
+            });
+        }
+        Ok(Self::with_capacity(size))
+    }
+
+    fn with_capacity(size: usize) -> Self {
         let mut v = Vec::with_capacity(size);
         v.resize_with(size, MaybeUninit::uninit);
         EventBuffer {
@@ -401,10 +430,15 @@ impl Uffd {
     /// # Ok(()) }
     /// ```
     ///
+    /// A blocking read waits until an event arrives or a signal handler installed without
+    /// `SA_RESTART` interrupts it ([`Error::Interrupted`]; call again to keep waiting). To stop
+    /// a handler thread, prefer a non-blocking fd with `poll(2)` on it and on an eventfd or
+    /// pipe of your own.
+    ///
     /// # Errors
     ///
-    /// [`Error::Os`] for `read(2)` errors (`EINVAL` before the handshake), [`Error::ReadEof`],
-    /// [`Error::IncompleteMsg`], [`Error::UnrecognizedEvent`].
+    /// [`Error::Os`] for `read(2)` errors (`EINVAL` before the handshake), [`Error::Interrupted`],
+    /// [`Error::ReadEof`], [`Error::IncompleteMsg`], [`Error::UnrecognizedEvent`].
     #[doc(alias = "read")]
     pub fn read_event(&self) -> Result<Option<Event>> {
         let mut msg = MaybeUninit::<sys::uffd_msg>::uninit();
@@ -433,6 +467,8 @@ impl Uffd {
     /// # Errors
     ///
     /// As [`read_event`](Self::read_event), plus [`Error::InvalidArgument`] for a buffer of size 0.
+    /// After [`Error::IncompleteMsg`] (which a userfaultfd never causes) the descriptors of
+    /// whole fork messages before the fragment are closed with the buffer's next use or drop.
     pub fn read_events<'a>(&'a self, buf: &'a mut EventBuffer) -> Result<Events<'a>> {
         buf.release_unconsumed();
         if buf.msgs.is_empty() {
@@ -441,7 +477,17 @@ impl Uffd {
                 reason: "the EventBuffer has room for no message",
             });
         }
-        let n = self.read_msgs(buf.msgs.as_mut_ptr().cast(), buf.msgs.len() * MSG_SIZE)?;
+        let n = match self.read_msgs(buf.msgs.as_mut_ptr().cast(), buf.msgs.len() * MSG_SIZE) {
+            Ok(n) => n,
+            Err(e @ Error::IncompleteMsg { read, .. }) => {
+                // The whole messages before the fragment were read: their fork descriptors
+                // (installed by this read) are closed when the buffer is reused or dropped.
+                buf.filled = read / MSG_SIZE;
+                buf.next = 0;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         buf.filled = n / MSG_SIZE;
         buf.next = 0;
         Ok(Events { buf, parent: self })
@@ -453,6 +499,9 @@ impl Uffd {
         // SAFETY: callers pass a buffer valid for writes of `len` bytes.
         match unsafe { raw::read(self.as_fd(), ptr, len) } {
             Err(Errno::EAGAIN) => Ok(0),
+            Err(Errno::EINTR) => Err(Error::Interrupted {
+                op: Operation::Read,
+            }),
             Err(errno) => Err(Error::Os {
                 op: Operation::Read,
                 errno,
@@ -563,6 +612,61 @@ mod tests {
                 start: 0x5000,
                 end: 0x6000
             }
+        );
+    }
+
+    #[test]
+    fn fork_fds_before_a_fragment_are_closed() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        // A descriptor the test hands to the message, at a number no other test gets.
+        let null = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: F_DUPFD_CLOEXEC duplicates our own open fd; the result is a new fd.
+        let victim = unsafe { libc::fcntl(null.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 900) };
+        assert!(victim >= 900);
+        // A pipe standing in for a userfaultfd (this module can build a Uffd from any fd, which
+        // the public API cannot): a whole FORK message naming `victim`, then 8 stray bytes.
+        let (r, mut w) = std::io::pipe().unwrap();
+        let mut bytes = msg(sys::UFFD_EVENT_FORK, [victim as u64, 0, 0]).to_vec();
+        bytes.extend_from_slice(&[0u8; 8]);
+        w.write_all(&bytes).unwrap();
+        let info = crate::uffd::ApiInfo {
+            features: crate::FeatureFlags::empty(),
+            supported: crate::FeatureFlags::empty(),
+            ioctls: crate::IoctlFlags::empty(),
+            required_range_ioctls: crate::IoctlFlags::empty(),
+            features_known: true,
+        };
+        let uffd = Uffd::from_parts(OwnedFd::from(r), info);
+        let mut buf = EventBuffer::new(4);
+        match uffd.read_events(&mut buf) {
+            Err(Error::IncompleteMsg { read: 40, .. }) => {}
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // SAFETY: F_GETFD has no memory effects.
+        assert!(unsafe { libc::fcntl(victim, libc::F_GETFD) } >= 0);
+        drop(buf);
+        // SAFETY: as above.
+        let open_after = unsafe { libc::fcntl(victim, libc::F_GETFD) } >= 0;
+        assert!(!open_after, "fork fd leaked");
+    }
+
+    #[test]
+    fn capacity_is_bounded() {
+        assert_eq!(
+            EventBuffer::new(usize::MAX).capacity(),
+            EventBuffer::MAX_CAPACITY
+        );
+        assert_eq!(EventBuffer::new(3).capacity(), 3);
+        assert!(matches!(
+            EventBuffer::try_new(EventBuffer::MAX_CAPACITY + 1),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert_eq!(
+            EventBuffer::try_new(EventBuffer::MAX_CAPACITY)
+                .unwrap()
+                .capacity(),
+            EventBuffer::MAX_CAPACITY
         );
     }
 

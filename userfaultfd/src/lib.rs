@@ -42,6 +42,32 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Soundness
+//!
+//! The rule every public item meets: **a safe function never lets safe code (a) write or remove
+//! memory that Rust code may still reference, (b) take ownership of, or close, a descriptor the
+//! caller did not hand over, or (c) make memory that Rust code may reference fault with
+//! `SIGBUS`/`SIGSEGV`.** Where an operation could do that given the wrong address, it is an
+//! `unsafe fn` with a `# Safety` section, and a safe form over an owned
+//! [`MappedRegion`](mmap::MappedRegion) exists. A `MappedRegion` (an `mmap::MemoryMapping`, an
+//! arena) is memory that no Rust reference ever points into: the program reaches it through
+//! volatile copies and system calls only, so its bytes may change, and its pages may even trap,
+//! as the owner decides, without breaking anything the compiler assumed.
+//!
+//! | call | | why |
+//! |---|---|---|
+//! | [`Uffd::copy`], [`Uffd::zeropage`], [`Uffd::r#move`](struct.Uffd.html#method.move) | `unsafe` | define (or, for MOVE, remove) the bytes at a raw address |
+//! | [`Uffd::poison`] | `unsafe` | later accesses raise `SIGBUS` |
+//! | [`Uffd::register_unchecked`] | `unsafe` | with [`FeatureFlags::SIGBUS`] a fault in the range raises `SIGBUS` |
+//! | [`Uffd::copy_region`], [`Uffd::zeropage_region`], [`Uffd::poison_region`], [`Uffd::register_region`] | safe | the same over an owned `MappedRegion` |
+//! | [`Uffd::register`], [`Uffd::register_with_mode`] | safe; [`Error::RequiresUnsafe`] on a `SIGBUS` fd | a fault waits for the handler; closing the fd restores normal faults |
+//! | [`Uffd::r#continue`](struct.Uffd.html#method.continue), [`Uffd::write_protect`], [`Uffd::wake`], [`Uffd::unregister`] | safe | map the file's own page, or change no contents |
+//! | `Uffd::try_from(OwnedFd)` | safe, checked | only a userfaultfd may become a `Uffd`: its FORK messages name descriptors it then owns |
+//! | [`FromRawFd`](std::os::fd::FromRawFd) for `Uffd` | `unsafe` | the caller vouches the fd is a userfaultfd it owns |
+//!
+//! A fault in a registered range may also *block* until a handler resolves it, or forever if no
+//! thread ever does: that is a hang, not a memory error, and it ends when the `Uffd` is closed.
+//!
 //! References: `userfaultfd(2)`, `ioctl_userfaultfd(2)`, `UFFDIO_*(2const)`,
 //! `PAGEMAP_SCAN(2const)`, and the kernel's `Documentation/admin-guide/mm/userfaultfd.rst`.
 #![deny(unsafe_op_in_unsafe_fn)]

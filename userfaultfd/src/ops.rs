@@ -8,22 +8,37 @@
 //! pre-set to 0 here. The outcome is then:
 //!
 //! * everything done: `Ok(len)`;
-//! * some bytes done and then an error (`EAGAIN`, or `EEXIST` at `dst+done`):
-//!   [`Error::PartialProgress`] with `done`; resume at `dst + done`;
+//! * some bytes done and then a stop: [`Error::PartialProgress`] with `done`; resume at
+//!   `dst + done`. The kernel reports every partial result as `EAGAIN`, whatever stopped it
+//!   (e.g. a page already present at `dst + done`); the call that resumes there reports the
+//!   cause with nothing done (`EEXIST` → [`Error::AlreadyMapped`]);
 //! * nothing done and `EEXIST`: [`Error::AlreadyMapped`]: call [`Uffd::wake`];
 //! * nothing done and `EAGAIN` (the field holds `-EAGAIN` while a fork/remap/remove/unmap event
 //!   is unread): [`Error::MappingChanging`], never a byte count;
 //! * anything else: [`Error::Os`] with the errno.
 //!
 //! None of these methods allocates.
+//!
+//! # Safety
+//!
+//! `copy`, `zeropage`, `poison` and `r#move` define or remove the contents of memory at a raw
+//! address, so they are `unsafe fn`: given the address of a live `Vec` they would rewrite it
+//! under the program's feet, or make it raise `SIGBUS`. Their safe forms,
+//! [`copy_region`](Uffd::copy_region), [`zeropage_region`](Uffd::zeropage_region) and
+//! [`poison_region`](Uffd::poison_region), take an owned [`MappedRegion`] (such as an
+//! `mmap::MemoryMapping`), whose memory Rust code only reaches through volatile copies and
+//! system calls, so a change of its bytes (or a trap in it) breaks no reference.
+//! `r#continue`, `write_protect` and `remove_write_protection` change no contents and are safe.
 
 use std::os::fd::AsFd;
 
 use libc::c_void;
+use mmap::MappedRegion;
 use nix::errno::Errno;
 use userfaultfd_sys as sys;
 
 use crate::error::{Error, Operation, Result};
+use crate::register::region_range;
 use crate::{
     range, raw, ContinueMode, CopyMode, MoveMode, PoisonMode, Uffd, WriteProtectMode, ZeropageMode,
 };
@@ -251,23 +266,44 @@ impl Uffd {
 
     /// Resolves missing faults by marking `[start, start+len)` poisoned (`UFFDIO_POISON`,
     /// Linux 6.6): any later access raises `SIGBUS`. Used to forward memory errors found at the
-    /// source of a migration. Wakes if `wake` (the woken threads then get `SIGBUS`).
+    /// source of a migration. Wakes if `wake` (the woken threads then get `SIGBUS`). The safe
+    /// form over an owned region is [`poison_region`](Self::poison_region).
+    ///
+    /// # Safety
+    ///
+    /// Every later access to the range raises `SIGBUS` (until it is unmapped or its pages
+    /// dropped), even after this `Uffd` is closed. The caller must ensure that no Rust code
+    /// reaches the range through a reference or an owning value (a `Vec`, a stack, a `static`)
+    /// that assumes it readable: only code prepared for the signal may touch it.
+    ///
+    /// A safe call no longer compiles (in the 0.9 crate there was no `poison`):
+    ///
+    /// ```compile_fail
+    /// # fn f(uffd: &userfaultfd::Uffd, v: &mut Vec<u8>) {
+    /// let _ = uffd.poison(v.as_mut_ptr().cast(), 4096, true);
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
     /// As [`copy`](Self::copy); poison never replaces a present page (`EEXIST`).
     #[doc(alias = "UFFDIO_POISON")]
-    pub fn poison(&self, start: *mut c_void, len: usize, wake: bool) -> Result<usize> {
+    pub unsafe fn poison(&self, start: *mut c_void, len: usize, wake: bool) -> Result<usize> {
         let mode = PoisonMode::from_bits_retain(wake_mode(wake, sys::UFFDIO_POISON_MODE_DONTWAKE));
-        self.poison_with_mode(start, len, mode)
+        // SAFETY: forwarded from the caller.
+        unsafe { self.poison_with_mode(start, len, mode) }
     }
 
     /// [`poison`](Self::poison) with an explicit mode.
     ///
+    /// # Safety
+    ///
+    /// As [`poison`](Self::poison).
+    ///
     /// # Errors
     ///
     /// As [`poison`](Self::poison).
-    pub fn poison_with_mode(
+    pub unsafe fn poison_with_mode(
         &self,
         start: *mut c_void,
         len: usize,
@@ -284,7 +320,7 @@ impl Uffd {
             updated: 0,
         };
         // SAFETY: `arg` is a live `uffdio_poison`. Poison only affects missing pages, which then
-        // raise SIGBUS on access instead of holding any value.
+        // raise SIGBUS on access; the caller vouches that no Rust code relies on them.
         let ret = unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_POISON, &mut arg) };
         outcome(op, ret, arg.updated, len, start as usize)
     }
@@ -351,6 +387,82 @@ impl Uffd {
         // SAFETY: `arg` is a live `uffdio_move`; the caller vouches for both ranges.
         let ret = unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_MOVE, &mut arg) };
         outcome(op, ret, arg.move_, len, dst as usize)
+    }
+
+    /// The safe form of [`copy`](Self::copy) over an owned region: resolves missing faults in
+    /// `[offset, offset + src.len())` of `region` with the bytes of `src` (`UFFDIO_COPY`,
+    /// Linux 4.3) and wakes the faulting threads if `wake`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use userfaultfd::UffdBuilder;
+    /// let page = userfaultfd::page_size();
+    /// let uffd = UffdBuilder::new().user_mode_only(true).create()?;
+    /// let mem = mmap::MemoryMapping::new_private(2 * page)?;
+    /// uffd.register_region(&mem, userfaultfd::RegisterMode::MISSING)?;
+    /// // Populate the second page before anyone touches it.
+    /// assert_eq!(uffd.copy_region(&mem, page, &vec![7u8; page], true)?, page);
+    /// assert_eq!(mem.read_obj::<u8>(page)?, 7);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when the range is not inside the region (or is empty or
+    /// unaligned); otherwise as [`copy`](Self::copy).
+    pub fn copy_region<R: MappedRegion + ?Sized>(
+        &self,
+        region: &R,
+        offset: usize,
+        src: &[u8],
+        wake: bool,
+    ) -> Result<usize> {
+        let dst = region_range(Operation::Copy, region, offset, src.len())?;
+        // SAFETY: `dst` lies inside an owned region that no Rust reference points into (the
+        // `MappedRegion` contract), so its bytes may change; `src` is readable for its length.
+        unsafe { self.copy(src.as_ptr().cast(), dst, src.len(), wake) }
+    }
+
+    /// The safe form of [`zeropage`](Self::zeropage) over an owned region: maps zero pages over
+    /// the missing pages of `[offset, offset + len)` of `region` (`UFFDIO_ZEROPAGE`, Linux 4.3).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when the range is not inside the region; otherwise as
+    /// [`zeropage`](Self::zeropage).
+    pub fn zeropage_region<R: MappedRegion + ?Sized>(
+        &self,
+        region: &R,
+        offset: usize,
+        len: usize,
+        wake: bool,
+    ) -> Result<usize> {
+        let start = region_range(Operation::Zeropage, region, offset, len)?;
+        // SAFETY: as in `copy_region`: the range lies inside an owned region.
+        unsafe { self.zeropage(start, len, wake) }
+    }
+
+    /// The safe form of [`poison`](Self::poison) over an owned region: marks the missing pages
+    /// of `[offset, offset + len)` of `region` poisoned (`UFFDIO_POISON`, Linux 6.6), so that
+    /// reading them (e.g. `region.read_obj`) raises `SIGBUS`, as a hardware memory error would.
+    /// Safe because no Rust reference points into a [`MappedRegion`]: a trap there is the
+    /// owner's choice, as with `mprotect`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when the range is not inside the region; otherwise as
+    /// [`poison`](Self::poison).
+    pub fn poison_region<R: MappedRegion + ?Sized>(
+        &self,
+        region: &R,
+        offset: usize,
+        len: usize,
+        wake: bool,
+    ) -> Result<usize> {
+        let start = region_range(Operation::Poison, region, offset, len)?;
+        // SAFETY: the range lies inside an owned region that Rust code reaches only through
+        // raw pointers and volatile copies, never references.
+        unsafe { self.poison(start, len, wake) }
     }
 
     /// Write-protects `[start, start+len)` (`UFFDIO_WRITEPROTECT` with `MODE_WP`, Linux 5.7).

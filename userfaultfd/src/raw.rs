@@ -24,7 +24,8 @@ pub(crate) unsafe fn ioctl<T>(fd: BorrowedFd<'_>, request: u32, arg: *mut T) -> 
     }
 }
 
-/// `read(fd, buf, len)` into a buffer of `len` bytes, retrying on `EINTR`.
+/// One `read(fd, buf, len)` into a buffer of `len` bytes. `EINTR` is returned, not retried:
+/// the caller decides whether a signal ends its wait.
 ///
 /// # Safety
 ///
@@ -34,15 +35,11 @@ pub(crate) unsafe fn read(
     buf: *mut c_void,
     len: usize,
 ) -> Result<usize, Errno> {
-    loop {
-        // SAFETY: the caller guarantees `buf` is writable for `len` bytes; `fd` is live.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf, len) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            e => return Err(e),
-        }
+    // SAFETY: the caller guarantees `buf` is writable for `len` bytes; `fd` is live.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf, len) };
+    if n >= 0 {
+        Ok(n as usize)
+    } else {
+        Err(Errno::last())
     }
 }

@@ -32,8 +32,23 @@ impl Uffd {
     /// MINOR-only ranges, where they then fail.
     ///
     /// If the builder required range ioctls ([`UffdBuilder::require_ioctls`](crate::UffdBuilder::require_ioctls))
-    /// that the kernel does not return for this range, the range is unregistered again and
-    /// [`Error::UnsupportedIoctls`] is returned.
+    /// that the kernel does not return for this range, [`Error::UnsupportedIoctls`] is returned
+    /// and the range **stays registered**: this `Uffd` may have registered it before (to add a
+    /// mode now), and unregistering would release the faults waiting there to the kernel's
+    /// default handling (zero pages instead of the handler's data). Unregister it yourself if
+    /// it will not be used.
+    ///
+    /// # Why this is safe, and when it is refused
+    ///
+    /// Registration changes how faults are handled, never what memory holds: a fault in a
+    /// registered range waits until a handler resolves it, and once this `Uffd` is closed the
+    /// kernel handles it as usual. A `Uffd` with [`FeatureFlags::SIGBUS`](crate::FeatureFlags::SIGBUS)
+    /// is different: every fault in its ranges raises `SIGBUS` instead of waiting, so
+    /// registering, say, the untouched pages of a live `Vec` would make safe code trap. With
+    /// such a `Uffd` (or one whose features are unknown) this method returns
+    /// [`Error::RequiresUnsafe`]: register an owned region with
+    /// [`register_region`](Self::register_region), or use
+    /// [`register_unchecked`](Self::register_unchecked).
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -48,6 +63,8 @@ impl Uffd {
     /// # Errors
     ///
     /// * [`Error::InvalidArgument`]: zero length, unaligned start or length, wrap-around.
+    /// * [`Error::RequiresUnsafe`]: a `Uffd` with `SIGBUS` (see above).
+    /// * [`Error::UnsupportedIoctls`]: see above.
     /// * `EINVAL` ([`Error::Os`]): empty or unknown `mode`; no mapping in the range; a mapping
     ///   that cannot be registered in this mode (MINOR on anonymous memory, a regular file,
     ///   hugetlb ranges not aligned to the huge page).
@@ -55,6 +72,54 @@ impl Uffd {
     /// * `EPERM`: a shared mapping without write permission (`VM_MAYWRITE`).
     /// * `ENOMEM`: the process is exiting.
     pub fn register_with_mode(
+        &self,
+        start: *mut c_void,
+        len: usize,
+        mode: RegisterMode,
+    ) -> Result<IoctlFlags> {
+        let op = Operation::Register;
+        range::check(op, start as usize, len)?;
+        if self.may_sigbus() {
+            return Err(Error::RequiresUnsafe {
+                op,
+                reason: "this Uffd has FeatureFlags::SIGBUS (or unknown features): faults in a \
+                         registered range would raise SIGBUS; register an owned region \
+                         (register_region) or use the unsafe register_unchecked",
+            });
+        }
+        // Without SIGBUS, faults in the range wait for a handler or, once this fd is closed,
+        // are handled by the kernel as usual: no memory can be made to trap.
+        self.register_ioctl(start, len, mode)
+    }
+
+    /// [`register_with_mode`](Self::register_with_mode) without the refusal for a `Uffd` with
+    /// [`FeatureFlags::SIGBUS`](crate::FeatureFlags::SIGBUS). Linux 4.3.
+    ///
+    /// # Safety
+    ///
+    /// If this `Uffd` has `SIGBUS` (or its features are unknown), every later fault in the range
+    /// raises `SIGBUS` in the faulting thread until the range is resolved or unregistered. The
+    /// caller must ensure that no Rust code (a reference, a `Vec`, a stack) touches a missing
+    /// page of the range unless it is prepared for that signal (e.g. a `SIGBUS` handler that
+    /// resolves the fault, as the `SIGBUS` feature intends). Without `SIGBUS` this is as safe as
+    /// [`register_with_mode`](Self::register_with_mode).
+    ///
+    /// # Errors
+    ///
+    /// As [`register_with_mode`](Self::register_with_mode), except [`Error::RequiresUnsafe`].
+    pub unsafe fn register_unchecked(
+        &self,
+        start: *mut c_void,
+        len: usize,
+        mode: RegisterMode,
+    ) -> Result<IoctlFlags> {
+        self.register_ioctl(start, len, mode)
+    }
+
+    /// `UFFDIO_REGISTER` and the required-ioctls check. Callers establish that the registration
+    /// cannot make Rust-referenced memory trap (no `SIGBUS` feature, an owned region, or an
+    /// `unsafe` caller's promise).
+    fn register_ioctl(
         &self,
         start: *mut c_void,
         len: usize,
@@ -71,13 +136,13 @@ impl Uffd {
             ioctls: 0,
         };
         // SAFETY: `arg` is a live `uffdio_register` that UFFDIO_REGISTER reads and writes.
-        // Registering changes how faults in the range are handled, not memory contents.
+        // Registering changes how faults in the range are handled, not memory contents; the
+        // callers rule out the SIGBUS case (see above).
         unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_REGISTER, &mut arg) }
             .map_err(|errno| Error::Os { op, errno })?;
         let ioctls = IoctlFlags::from_bits_retain(arg.ioctls);
         let missing = self.info().required_range_ioctls - ioctls;
         if !missing.is_empty() {
-            let _ = self.unregister(start, len);
             return Err(Error::UnsupportedIoctls {
                 op,
                 missing,
@@ -87,7 +152,12 @@ impl Uffd {
         Ok(ioctls)
     }
 
-    /// Registers the whole of a mapping (e.g. an `mmap::MemoryMapping`) with `mode`.
+    /// Registers the whole of a mapping (e.g. an `mmap::MemoryMapping`) with `mode`; a size
+    /// that is not a multiple of the page size is rounded up (the kernel maps whole pages).
+    ///
+    /// Allowed even with [`FeatureFlags::SIGBUS`](crate::FeatureFlags::SIGBUS): a
+    /// [`MappedRegion`] is owned memory that Rust code never references (only volatile access
+    /// and system calls), so a `SIGBUS` there is the owner's choice, like `mprotect`.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -107,7 +177,11 @@ impl Uffd {
         region: &R,
         mode: RegisterMode,
     ) -> Result<IoctlFlags> {
-        self.register_with_mode(region.as_ptr().cast(), region.size(), mode)
+        let len = whole_pages(region.size());
+        // The `MappedRegion` contract: the region is owned and mapped while `region` lives, and
+        // no Rust reference into it exists, so faults there (even SIGBUS) reach only code that
+        // accesses it through raw pointers or volatile copies.
+        self.register_ioctl(region.as_ptr().cast(), len, mode)
     }
 
     /// Registers `[offset, offset+len)` of a mapping with `mode`.
@@ -124,7 +198,8 @@ impl Uffd {
         mode: RegisterMode,
     ) -> Result<IoctlFlags> {
         let start = region_range(Operation::Register, region, offset, len)?;
-        self.register_with_mode(start, len, mode)
+        // As in `register_region`: the range lies inside an owned region.
+        self.register_ioctl(start, len, mode)
     }
 
     /// Unregisters `[start, start+len)` (`UFFDIO_UNREGISTER`, Linux 4.3): threads blocked on
@@ -147,7 +222,7 @@ impl Uffd {
     ///
     /// As [`unregister`](Self::unregister).
     pub fn unregister_region<R: MappedRegion + ?Sized>(&self, region: &R) -> Result<()> {
-        self.unregister(region.as_ptr().cast(), region.size())
+        self.unregister(region.as_ptr().cast(), whole_pages(region.size()))
     }
 
     /// Wakes the threads waiting on faults in `[start, start+len)` (`UFFDIO_WAKE`, Linux 4.3),
@@ -179,7 +254,16 @@ impl Uffd {
     }
 }
 
-/// The start address of `[offset, offset+len)` inside `region`, checked.
+/// `size` rounded up to whole base pages (a region's size need not be a multiple; its mapping
+/// is). Saturates, so an absurd size still fails the range check instead of wrapping.
+fn whole_pages(size: usize) -> usize {
+    let mask = mmap::pagesize() - 1;
+    size.checked_add(mask)
+        .map_or(usize::MAX & !mask, |s| s & !mask)
+}
+
+/// The start address of `[offset, offset+len)` inside `region` (its size rounded up to whole
+/// pages, which the `MappedRegion` contract says it owns), checked.
 pub(crate) fn region_range<R: MappedRegion + ?Sized>(
     op: Operation,
     region: &R,
@@ -187,7 +271,9 @@ pub(crate) fn region_range<R: MappedRegion + ?Sized>(
     len: usize,
 ) -> Result<*mut c_void> {
     match offset.checked_add(len) {
-        Some(end) if end <= region.size() => Ok(region.as_ptr().wrapping_add(offset).cast()),
+        Some(end) if end <= whole_pages(region.size()) => {
+            Ok(region.as_ptr().wrapping_add(offset).cast())
+        }
         _ => Err(Error::InvalidArgument {
             op,
             reason: "the range does not lie inside the mapping",

@@ -196,7 +196,7 @@ fn into_raw_fd_hands_over_an_open_fd() -> Result<()> {
     let owned: OwnedFd = uffd.into();
     assert_eq!(owned.as_raw_fd(), raw);
     assert!(common::fd_is_open(raw));
-    let uffd = Uffd::from(owned);
+    let uffd = Uffd::try_from(owned).unwrap();
     assert_eq!(uffd.as_fd().as_raw_fd(), raw);
     uffd.register(p, PAGE_SIZE)?;
     drop(uffd);

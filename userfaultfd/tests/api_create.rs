@@ -178,8 +178,9 @@ fn require_ioctls() {
         } => assert_eq!(missing, bogus),
         other => panic!("expected UnsupportedIoctls, got {other:?}"),
     }
-    // WRITE_PROTECT is not returned for a MISSING-only range: refused at register, and the
-    // range is left unregistered (another uffd can take it).
+    // WRITE_PROTECT is not returned for a MISSING-only range: refused at register. The range
+    // stays registered (it may have been before): another uffd cannot take it until it is
+    // unregistered.
     let uffd = UffdBuilder::new()
         .require_ioctls(IoctlFlags::WRITE_PROTECT)
         .create()
@@ -197,6 +198,9 @@ fn require_ioctls() {
         other => panic!("expected UnsupportedIoctls, got {other:?}"),
     }
     let other = UffdBuilder::new().create().unwrap();
+    let busy = other.register(mem.ptr(), ps()).unwrap_err();
+    assert_eq!(busy.errno(), Some(nix::errno::Errno::EBUSY), "{busy:?}");
+    uffd.unregister(mem.ptr(), ps()).unwrap();
     other.register(mem.ptr(), ps()).unwrap();
     drop((uffd, other));
     assert_eq!(count_fds(), before);

@@ -7,7 +7,7 @@
 //! counted per process.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Mutex, PoisonError};
@@ -243,7 +243,8 @@ fn unaligned_ranges_are_rejected_before_the_kernel() {
             assert_invalid(unsafe { uffd.zeropage(p, len, true) }, Operation::Zeropage);
             assert_invalid(uffd.write_protect(p, len), Operation::WriteProtect);
             assert_invalid(uffd.r#continue(p, len, true), Operation::Continue);
-            assert_invalid(uffd.poison(p, len, true), Operation::Poison);
+            // SAFETY: rejected before any system call; no memory is touched.
+            assert_invalid(unsafe { uffd.poison(p, len, true) }, Operation::Poison);
         }
         // MOVE checks its source too.
         // SAFETY: rejected before any system call.
@@ -367,11 +368,9 @@ fn unregistered_ranges() {
             Operation::WriteProtect,
             Errno::ENOENT,
         );
-        assert_os(
-            uffd.poison(m.page(0), ps, true),
-            Operation::Poison,
-            Errno::ENOENT,
-        );
+        // SAFETY: the range is not registered, so nothing is poisoned.
+        let r = unsafe { uffd.poison(m.page(0), ps, true) };
+        assert_os(r, Operation::Poison, Errno::ENOENT);
         // WAKE and UNREGISTER of an unregistered but mapped range are harmless no-ops.
         uffd.wake(m.page(0), 2 * ps).expect("wake of nobody");
         uffd.unregister(m.page(0), 2 * ps)
@@ -499,35 +498,23 @@ fn event_buffer_of_size_zero() {
 }
 
 #[test]
-fn from_raw_fd_on_dev_null() {
+fn try_from_refuses_files_that_are_not_userfaultfds() {
     hostile(|| {
-        let ps = page_size();
-        let m = Map::anon(1);
-        let null = std::fs::File::open("/dev/null").expect("open /dev/null");
-        // SAFETY: the fd is open and handed over; the Uffd owns and closes it.
-        let uffd = unsafe { Uffd::from_raw_fd(null.into_raw_fd()) };
-        assert_eq!(uffd.features(), FeatureFlags::empty());
-        assert_os(
-            uffd.register(m.page(0), ps),
-            Operation::Register,
-            Errno::ENOTTY,
-        );
-        assert_os(
-            uffd.unregister(m.page(0), ps),
-            Operation::Unregister,
-            Errno::ENOTTY,
-        );
-        assert_os(uffd.wake(m.page(0), ps), Operation::Wake, Errno::ENOTTY);
-        // SAFETY: /dev/null does not implement the ioctl; nothing is touched.
-        let r = unsafe { uffd.copy(m.page(0), m.page(0), ps, true) };
-        assert_os(r, Operation::Copy, Errno::ENOTTY);
-        assert_os(
-            uffd.write_protect(m.page(0), ps),
-            Operation::WriteProtect,
-            Errno::ENOTTY,
-        );
-        // read(2) of /dev/null is end-of-file.
-        assert!(matches!(uffd.read_event(), Err(Error::ReadEof)));
+        // /dev/null, a pipe and a socket: each is closed by the refused conversion, so the
+        // descriptor count proves nothing leaked.
+        let null: OwnedFd = std::fs::File::open("/dev/null")
+            .expect("open /dev/null")
+            .into();
+        let (r, w) = std::io::pipe().expect("pipe");
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        for fd in [null, OwnedFd::from(r), OwnedFd::from(w), OwnedFd::from(a)] {
+            match Uffd::try_from(fd) {
+                Err(Error::NotUserfaultfd { reason }) => {
+                    assert!(reason.contains("anon_inode:[userfaultfd]"), "{reason}")
+                }
+                other => panic!("expected NotUserfaultfd, got {other:?}"),
+            }
+        }
     });
 }
 
@@ -700,7 +687,7 @@ fn operations_after_the_process_exited() {
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             "child failed: status {status:#x}"
         );
-        let uffd = Uffd::from(received.expect("the child's uffd"));
+        let uffd = Uffd::try_from(received.expect("the child's uffd")).expect("a userfaultfd");
         // The fd still describes itself...
         assert_eq!(uffd.features(), FeatureFlags::empty());
         // ...but its mm is gone: ESRCH for the range operations (§1.6).
@@ -710,11 +697,9 @@ fn operations_after_the_process_exited() {
         // SAFETY: as above.
         let r = unsafe { uffd.zeropage(addr as *mut c_void, ps, true) };
         assert_os(r, Operation::Zeropage, Errno::ESRCH);
-        assert_os(
-            uffd.poison(addr as *mut c_void, ps, true),
-            Operation::Poison,
-            Errno::ESRCH,
-        );
+        // SAFETY: as above.
+        let r = unsafe { uffd.poison(addr as *mut c_void, ps, true) };
+        assert_os(r, Operation::Poison, Errno::ESRCH);
         // REGISTER and UNREGISTER say ENOMEM ("the mm is going away", §1.5).
         assert_os(
             uffd.register(addr as *mut c_void, ps),

@@ -285,7 +285,8 @@ fn fault_hot_path_does_not_allocate() {
                 .map_err(|e| format!("write_protect: {e}"))?;
         }
         for i in 0..POISON_PAGES {
-            match uffd.poison(poisoned.page(i), PAGE, false) {
+            // SAFETY: `poisoned` is this test's raw mapping, never touched after this.
+            match unsafe { uffd.poison(poisoned.page(i), PAGE, false) } {
                 Ok(PAGE) => {}
                 other => return Err(format!("poison page {i}: {other:?}")),
             }

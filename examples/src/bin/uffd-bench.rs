@@ -485,7 +485,9 @@ fn poison_scenario(cfg: &Config) -> Result<Outcome, String> {
         |_| poison::MARKER_BYTE,
         Some(move || {
             serve(uffd_ref, st, range, n, |addr| {
-                match uffd_ref.poison(addr, PAGE, true) {
+                // SAFETY: `addr` is a page of `dst`, a mapping this benchmark owns and reaches
+                // only through raw pointers; the SIGBUS handler armed above resolves the trap.
+                match unsafe { uffd_ref.poison(addr, PAGE, true) } {
                     Ok(_) => Ok(1),
                     // A fault delivered again after its page was poisoned: only wake it.
                     Err(Error::AlreadyMapped { .. }) => uffd_ref.wake(addr, PAGE).map(|_| 0),
