@@ -67,6 +67,22 @@ pub enum Error {
         size: usize,
     },
 
+    /// A range that overlaps address space a
+    /// [`MemoryMappingArena`](crate::MemoryMappingArena) gave up after a failed
+    /// mmap(2): the arena no longer knows whose memory is there, so it never
+    /// maps over, removes or unmaps it (see the arena's "Failed mappings").
+    #[error(
+        "{op}: the range overlaps {offset:#x} + {count:#x}, which the arena gave up after a failed mmap"
+    )]
+    LeakedRange {
+        /// The operation that was refused.
+        op: &'static str,
+        /// Start of the given-up range, relative to the start of the arena.
+        offset: usize,
+        /// Length of the given-up range in bytes.
+        count: usize,
+    },
+
     /// A file offset that does not fit in the kernel's `off_t`.
     #[error("{op}: file offset {offset:#x} does not fit in off_t")]
     OffsetOverflow {
@@ -163,6 +179,7 @@ impl Error {
             Error::InvalidAlignment { op, .. }
             | Error::InvalidName { op, .. }
             | Error::InvalidRange { op, .. }
+            | Error::LeakedRange { op, .. }
             | Error::OffsetOverflow { op, .. }
             | Error::SizeOverflow { op, .. }
             | Error::Syscall { op, .. }

@@ -114,6 +114,10 @@ mod region;
 mod shm;
 mod volatile;
 
+#[cfg(test)]
+#[path = "../tests/common/hugetlbfs.rs"]
+mod test_hugetlbfs;
+
 pub use arena::MemoryMappingArena;
 pub use error::{Error, Result};
 pub use huge::{thp_pmd_size, HugePageAdvice, HugePageSize};

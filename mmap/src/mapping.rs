@@ -177,8 +177,12 @@ impl<'a> MemoryMappingBuilder<'a> {
 
     /// Places the mapping at an address that is a multiple of `align`, a power
     /// of two. Alignments above the page size are obtained by reserving
-    /// `size + align` bytes and unmapping the parts before and after the
-    /// aligned mapping (also on every error path).
+    /// `size + align` bytes, unmapping the aligned part of the reservation and
+    /// mapping into that hole with `MAP_FIXED_NOREPLACE` (never `MAP_FIXED`, so
+    /// a mapping another thread made in the hole meanwhile is left alone), then
+    /// unmapping the parts before and after (also on every error path). If
+    /// other threads take the hole four times in a row, building fails with
+    /// `EEXIST`.
     pub fn align(mut self, align: u64) -> Self {
         self.align = Some(align);
         self
@@ -243,8 +247,12 @@ impl<'a> MemoryMappingBuilder<'a> {
     ///
     /// # Safety
     ///
-    /// The caller must own `addr..addr + size` (rounded up to the page size):
-    /// whatever is mapped there is destroyed, so no Rust object may be using
+    /// The caller must own `addr..addr + size` rounded up to the page size of
+    /// the mapping, which is the *huge* page size with
+    /// [`hugetlb`](Self::hugetlb) or for a file on hugetlbfs (a
+    /// [`SharedMemory::new_hugetlb`] memfd): check the rounded length
+    /// ([`MemoryMapping::size`] of the result tells it only afterwards).
+    /// Whatever is mapped there is destroyed, so no Rust object may be using
     /// that memory, and no other owner may unmap the range while the returned
     /// mapping lives. When the returned mapping is dropped the range becomes
     /// unmapped, so another owner must not unmap it again afterwards either
@@ -256,6 +264,16 @@ impl<'a> MemoryMappingBuilder<'a> {
     ///
     /// As [`build`](Self::build), plus [`Error::UnalignedAddress`] if `addr` is
     /// not a multiple of the page size (huge page size, `align`).
+    ///
+    /// After an [`Error::Syscall`] the range may have been *unmapped*: the
+    /// kernel clears it before calling the file system's mmap handler, which
+    /// can still fail (hugetlbfs with no free huge pages: `ENOMEM`), and
+    /// `MADV_DONTDUMP` failing unmaps the new mapping. Another thread's
+    /// mmap(2) can then take part of the range, so the caller must not unmap
+    /// the range or map over it with `MAP_FIXED` again without checking; a
+    /// `MAP_FIXED_NOREPLACE` mapping (such as [`build_fixed_noreplace`](Self::build_fixed_noreplace))
+    /// of the whole range tells whether it is still free. The other errors are
+    /// returned before any system call and leave the range as it was.
     pub unsafe fn build_fixed(self, addr: *mut u8) -> Result<MemoryMapping> {
         self.build_inner(Some((addr, true)))
     }
@@ -421,24 +439,36 @@ impl<'a> MemoryMappingBuilder<'a> {
 /// `HUGETLBFS_MAGIC` from `<linux/magic.h>`.
 const HUGETLBFS_MAGIC: u32 = 0x9584_58f6;
 
-/// The huge page size of the file behind `fd` if it is on hugetlbfs (a
-/// `MFD_HUGETLB` memfd or a file under a hugetlbfs mount), from fstatfs(2).
-/// `None` for other files, and if fstatfs fails (mmap(2) then reports the
-/// problem, e.g. `EBADF`).
-fn hugetlbfs_page_size(fd: BorrowedFd<'_>) -> Option<usize> {
+/// The page size the kernel maps the file behind `fd` with (fstatfs(2)): the
+/// huge page size for a file on hugetlbfs (a `MFD_HUGETLB` memfd or a file
+/// under a hugetlbfs mount), the system page size for any other file.
+///
+/// # Errors
+///
+/// [`Error::Syscall`] (`op: "fstatfs"`) with fstatfs's errno, e.g. `EBADF`.
+pub(crate) fn fd_page_size(fd: BorrowedFd<'_>) -> Result<usize> {
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: `st` is writable memory for one `struct statfs`; fstatfs only
     // writes there.
     let ret = unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) };
     if ret == -1 {
-        return None;
+        return Err(Error::last_os("fstatfs"));
     }
     // SAFETY: fstatfs succeeded, so it filled in `st`.
     let st = unsafe { st.assume_init() };
     #[allow(clippy::unnecessary_cast)] // f_type's type differs between architectures
     let magic = st.f_type as u32;
-    let bsize = usize::try_from(st.f_bsize).ok()?;
-    (magic == HUGETLBFS_MAGIC && bsize.is_power_of_two() && bsize > pagesize()).then_some(bsize)
+    let huge = usize::try_from(st.f_bsize)
+        .ok()
+        .filter(|b| magic == HUGETLBFS_MAGIC && b.is_power_of_two() && *b > pagesize());
+    Ok(huge.unwrap_or_else(pagesize))
+}
+
+/// The huge page size of the file behind `fd` if it is on hugetlbfs, from
+/// [`fd_page_size`]. `None` for other files, and if fstatfs fails (mmap(2)
+/// then reports the problem, e.g. `EBADF`).
+fn hugetlbfs_page_size(fd: BorrowedFd<'_>) -> Option<usize> {
+    fd_page_size(fd).ok().filter(|&p| p > pagesize())
 }
 
 /// mmap(2), with `MAP_FAILED` turned into [`Error::Syscall`].
@@ -465,10 +495,79 @@ unsafe fn raw_mmap(
     Ok(p.cast())
 }
 
+/// mmap(2) with `MAP_FIXED_NOREPLACE` at exactly `addr`: never replaces
+/// anything. `Err` with `EEXIST` if part of the range is mapped (also on
+/// kernels before 4.17, which take the address as a hint: a mapping placed
+/// elsewhere is unmapped again).
+fn mmap_noreplace(
+    op: &'static str,
+    addr: *mut u8,
+    len: usize,
+    prot: libc::c_int,
+    flags: libc::c_int,
+    fd: libc::c_int,
+    offset: libc::off_t,
+) -> Result<()> {
+    // SAFETY: no MAP_FIXED: MAP_FIXED_NOREPLACE fails instead of replacing an
+    // existing mapping, and older kernels treat the address as a hint.
+    let got = unsafe { raw_mmap(op, addr, len, prot, flags | MAP_FIXED_NOREPLACE, fd, offset)? };
+    if got != addr {
+        // SAFETY: `got` is the fresh mapping of `len` bytes made just above.
+        unsafe { libc::munmap(got.cast(), len) };
+        return Err(Error::Syscall {
+            op,
+            errno: libc::EEXIST,
+        });
+    }
+    Ok(())
+}
+
+/// Puts an inaccessible reservation (`PROT_NONE`, `MAP_PRIVATE |
+/// MAP_ANONYMOUS | MAP_NORESERVE`, `MADV_DONTDUMP`: what
+/// [`MemoryMappingArena::new`](crate::MemoryMappingArena::new) maps) at
+/// exactly `addr..addr + len` if nothing is mapped in that range
+/// (`MAP_FIXED_NOREPLACE`). Returns whether it did; if so the caller owns the
+/// range. If not, something is mapped in part of the range, which may belong
+/// to someone else.
+pub(crate) fn reserve_noreplace(addr: *mut u8, len: usize) -> bool {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    if mmap_noreplace("mmap", addr, len, libc::PROT_NONE, flags, -1, 0).is_err() {
+        return false;
+    }
+    // Best effort, as the reservation is ours either way: excluding an
+    // inaccessible range from core dumps only keeps `VmFlags` uniform.
+    // SAFETY: `addr..addr + len` is the reservation just made.
+    unsafe { libc::madvise(addr.cast(), len, libc::MADV_DONTDUMP) };
+    true
+}
+
+/// How many times [`map_aligned`] starts again when another thread maps
+/// something into its hole first.
+const ALIGNED_ATTEMPTS: usize = 4;
+
+/// A test hook: called once with an address and a length, to play "another
+/// thread maps something there".
+#[cfg(test)]
+pub(crate) type TestHook = std::cell::Cell<Option<Box<dyn FnOnce(*mut u8, usize)>>>;
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook: called by [`map_aligned`] with the hole's address and length
+    /// right after unmapping it, to play "another thread maps into the gap".
+    pub(crate) static AFTER_HOLE: TestHook = const { std::cell::Cell::new(None) };
+}
+
 /// Maps `map_len` bytes at an address that is a multiple of `align` (greater
-/// than the page size): reserves `map_len + align` bytes of inaccessible
-/// address space, maps over the aligned part with `MAP_FIXED`, then unmaps
-/// the unused head and tail. Nothing is left mapped if any step fails.
+/// than the page size).
+///
+/// Reserves `map_len + align` bytes of inaccessible address space, unmaps the
+/// aligned part of it (the hole), maps into the hole with
+/// `MAP_FIXED_NOREPLACE`, then unmaps the unused head and tail. `MAP_FIXED`
+/// is never used: once the hole is unmapped it is no longer ours (another
+/// thread's mmap(2) may land in it), so whatever happens the hole is never
+/// unmapped again. If another mapping took the hole first (`EEXIST`), it is
+/// left alone and everything starts again, up to [`ALIGNED_ATTEMPTS`] times.
+/// Nothing of ours is left mapped on any error path.
 #[allow(clippy::too_many_arguments)]
 fn map_aligned(
     op: &'static str,
@@ -485,6 +584,29 @@ fn map_aligned(
         size,
         align: align as u64,
     })?;
+    let mut attempt = 1;
+    loop {
+        match map_aligned_once(op, map_len, align, total, prot, flags, fd, offset) {
+            Err(e) if e.errno() == Some(libc::EEXIST) && attempt < ALIGNED_ATTEMPTS => {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One attempt of [`map_aligned`]; `EEXIST` if another mapping took the hole.
+#[allow(clippy::too_many_arguments)]
+fn map_aligned_once(
+    op: &'static str,
+    map_len: usize,
+    align: usize,
+    total: usize,
+    prot: libc::c_int,
+    flags: libc::c_int,
+    fd: libc::c_int,
+    offset: libc::off_t,
+) -> Result<*mut u8> {
     // SAFETY: no MAP_FIXED: the kernel picks a free range.
     let reserve = unsafe {
         raw_mmap(
@@ -502,33 +624,32 @@ fn map_aligned(
     // head < align and start + map_len <= reserve + total, so the aligned range
     // lies inside the reservation.
     let tail = total - head - map_len;
-    // SAFETY: `start..start + map_len` lies inside the reservation made above,
-    // which this function owns.
-    let mapped = unsafe {
-        raw_mmap(
-            op,
-            start as *mut u8,
-            map_len,
-            prot,
-            flags | libc::MAP_FIXED,
-            fd,
-            offset,
-        )
-    };
-    if let Err(e) = mapped {
-        // SAFETY: unmapping the whole reservation this function made.
+    let end = start + map_len;
+    // SAFETY: the hole is part of the reservation made above, which this
+    // function owns and nothing uses.
+    if unsafe { libc::munmap(start as *mut libc::c_void, map_len) } == -1 {
+        let err = Error::last_os("munmap");
+        // SAFETY: the whole reservation is still ours.
         unsafe { libc::munmap(reserve.cast(), total) };
-        return Err(e);
+        return Err(err);
     }
-    // SAFETY: the head and tail are the unused parts of our own reservation.
+    #[cfg(test)]
+    if let Some(hook) = AFTER_HOLE.with(|h| h.take()) {
+        hook(start as *mut u8, map_len);
+    }
+    let mapped = mmap_noreplace(op, start as *mut u8, map_len, prot, flags, fd, offset);
+    // SAFETY: the head and tail are what is left of our own reservation; the
+    // hole is not touched.
     let trimmed = unsafe {
         (head == 0 || libc::munmap(reserve.cast(), head) == 0)
-            && (tail == 0 || libc::munmap((start + map_len) as *mut libc::c_void, tail) == 0)
+            && (tail == 0 || libc::munmap(end as *mut libc::c_void, tail) == 0)
     };
+    mapped?;
     if !trimmed {
         let err = Error::last_os("munmap");
         // SAFETY: everything in `reserve..reserve + total` is ours (the mapping
-        // and what remains of the reservation); munmap of holes is harmless.
+        // made in the hole and what remains of the reservation); munmap of
+        // holes is harmless.
         unsafe { libc::munmap(reserve.cast(), total) };
         return Err(err);
     }
@@ -1385,6 +1506,10 @@ unsafe impl MappedRegion for MemoryMapping {
     fn size(&self) -> usize {
         self.size
     }
+
+    fn page_size(&self) -> usize {
+        self.page_size
+    }
 }
 
 impl Drop for MemoryMapping {
@@ -1525,6 +1650,71 @@ mod tests {
         ));
         // Zero-length operations at the end are fine.
         m.drop_page_cache(2 * ps, 0).unwrap();
+    }
+
+    /// Installs the `AFTER_HOLE` hook: it maps one private page a third of
+    /// the way into the hole, as another thread's mmap(2) could, and hands
+    /// that mapping back through the returned slot.
+    fn someone_maps_into_the_hole() -> std::rc::Rc<std::cell::RefCell<Option<MemoryMapping>>> {
+        let slot = std::rc::Rc::<std::cell::RefCell<Option<MemoryMapping>>>::default();
+        let hook_slot = std::rc::Rc::clone(&slot);
+        AFTER_HOLE.with(|h| {
+            h.set(Some(Box::new(move |addr: *mut u8, len: usize| {
+                let at = addr.wrapping_add((len / 3).next_multiple_of(pagesize()));
+                let theirs = MemoryMappingBuilder::new(pagesize())
+                    .private()
+                    .build_fixed_noreplace(at)
+                    .unwrap();
+                theirs.write_obj(0xfeed_u16, 0).unwrap();
+                *hook_slot.borrow_mut() = Some(theirs);
+            })))
+        });
+        slot
+    }
+
+    #[test]
+    fn aligned_mapping_retries_around_a_mapping_in_its_hole() {
+        let slot = someone_maps_into_the_hole();
+        let m = MemoryMappingBuilder::new(8 * pagesize())
+            .align(1 << 21)
+            .build()
+            .unwrap();
+        let theirs = slot.borrow_mut().take().expect("the hook ran");
+        assert_eq!(m.as_ptr() as usize % (1 << 21), 0);
+        let (a, t) = (m.as_ptr() as usize, theirs.as_ptr() as usize);
+        assert!(t + pagesize() <= a || a + 8 * pagesize() <= t);
+        assert_eq!(theirs.read_obj::<u16>(0).unwrap(), 0xfeed);
+    }
+
+    #[test]
+    fn failed_aligned_mapping_leaves_a_mapping_in_its_hole_alone() {
+        let file = match crate::test_hugetlbfs::zero_size_hugetlbfs_file() {
+            Ok(f) => f,
+            Err(why) => {
+                eprintln!(
+                    "SKIPPED failed_aligned_mapping_leaves_a_mapping_in_its_hole_alone: {why}"
+                );
+                return;
+            }
+        };
+        let huge = 2 << 20;
+        let slot = someone_maps_into_the_hole();
+        // The hook runs during the first attempt; the second attempt's mmap of
+        // the file fails as an empty huge page pool would make it fail.
+        let err = MemoryMappingBuilder::new(huge)
+            .from_fd(&file, 0)
+            .align(2 * huge as u64)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Error::Syscall {
+                op: "mmap",
+                errno: libc::ENOMEM
+            }
+        );
+        let theirs = slot.borrow_mut().take().expect("the hook ran");
+        assert_eq!(theirs.read_obj::<u16>(0).unwrap(), 0xfeed);
     }
 
     #[test]

@@ -28,6 +28,12 @@ pub unsafe trait MappedRegion: Send + Sync {
     /// Size of the region in bytes.
     fn size(&self) -> usize;
 
+    /// The page size of the region's memory: the huge page size for hugetlb memory, the base
+    /// page size (the default) otherwise. A userfaultfd resolves faults in units of it.
+    fn page_size(&self) -> usize {
+        crate::pagesize()
+    }
+
     /// Maps `size` bytes of `fd` starting at `fd_offset` at `offset` in the
     /// region, replacing what was there (mmap(2) with `MAP_FIXED`).
     ///

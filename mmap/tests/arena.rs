@@ -5,10 +5,14 @@ mod common;
 
 use std::os::fd::{AsFd, BorrowedFd};
 
+use common::hugetlbfs::zero_size_hugetlbfs_file;
 use common::{closed_fd, pattern, pread, pwrite, vmas_in};
 use mmap::{
-    Error, MappedRegion, MemoryMapping, MemoryMappingArena, Protection, SharedMemory, VolatileSlice,
+    Error, HugePageSize, MappedRegion, MemoryMapping, MemoryMappingArena, MemoryMappingBuilder,
+    Protection, SharedMemory, VolatileSlice,
 };
+
+const HUGE: usize = 2 << 20;
 
 fn ps() -> usize {
     mmap::pagesize()
@@ -299,4 +303,104 @@ fn mapped_region_trait_forwards_to_the_arena() {
     let region: &mut dyn MappedRegion = &mut arena;
     region.remove_mapping(ps(), ps()).unwrap();
     assert_eq!(layout(&arena), l(&[(0, 4, "---p")]));
+}
+
+/// An inaccessible arena of `size` bytes at a multiple of `HUGE`.
+fn aligned_arena(size: usize) -> MemoryMappingArena {
+    MemoryMappingBuilder::new(size)
+        .private()
+        .noreserve()
+        .protection(Protection::none())
+        .align(HUGE as u64)
+        .build()
+        .unwrap()
+        .into()
+}
+
+/// An arena of `size` bytes at a multiple of `HUGE`, and a separately owned
+/// page mapped right after it.
+fn arena_with_neighbour(size: usize) -> (MemoryMappingArena, MemoryMapping) {
+    for _ in 0..16 {
+        let arena = aligned_arena(size);
+        let end = arena.as_ptr().wrapping_add(size);
+        match MemoryMappingBuilder::new(ps()).build_fixed_noreplace(end) {
+            Ok(neighbour) => return (arena, neighbour),
+            // Another test's mapping is there; try elsewhere.
+            Err(e) if e.errno() == Some(libc::EEXIST) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the page after every arena tried was taken");
+}
+
+#[test]
+fn hugetlbfs_fd_is_checked_with_its_huge_page_size() {
+    let shm = match SharedMemory::new_hugetlb("past-end", HUGE as u64, HugePageSize::Size2MiB) {
+        Ok(shm) => shm,
+        Err(e) => {
+            eprintln!("SKIPPED hugetlbfs_fd_is_checked_with_its_huge_page_size: {e}");
+            return;
+        }
+    };
+    let (mut arena, neighbour) = arena_with_neighbour(HUGE / 2);
+    neighbour.write_obj(0x5eed_u32, 0).unwrap();
+    // One page asked for, but the file is mapped in whole huge pages: 2 MiB
+    // from the start of the arena would cover the neighbour.
+    assert_eq!(
+        arena.add_fd(0, ps(), &shm).unwrap_err(),
+        Error::InvalidRange {
+            op: "add_fd",
+            offset: 0,
+            count: HUGE,
+            size: HUGE / 2
+        }
+    );
+    assert_eq!(neighbour.read_obj::<u32>(0).unwrap(), 0x5eed);
+    assert_eq!(layout(&arena), l(&[(0, HUGE / 2 / ps(), "---p")]));
+
+    // A huge page mapping must start at a multiple of the huge page size.
+    let mut arena = aligned_arena(2 * HUGE);
+    assert_eq!(
+        arena.add_fd(ps(), HUGE, &shm).unwrap_err(),
+        Error::UnalignedAddress {
+            op: "add_fd",
+            addr: arena.as_ptr() as usize + ps(),
+            align: HUGE as u64
+        }
+    );
+    assert_eq!(layout(&arena), l(&[(0, 2 * HUGE / ps(), "---p")]));
+}
+
+#[test]
+fn failed_hugetlbfs_mapping_leaves_the_range_to_the_arena() {
+    let file = match zero_size_hugetlbfs_file() {
+        Ok(file) => file,
+        Err(why) => {
+            eprintln!("SKIPPED failed_hugetlbfs_mapping_leaves_the_range_to_the_arena: {why}");
+            return;
+        }
+    };
+    let mut arena = aligned_arena(2 * HUGE);
+    arena.add_anon(0, HUGE).unwrap();
+    view(&arena, 0, 4).copy_from(b"kept");
+    // The file's huge pages cannot be reserved, as when the pool is empty.
+    assert_eq!(
+        arena.add_fd(0, HUGE, &file).unwrap_err(),
+        Error::Syscall {
+            op: "mmap",
+            errno: libc::ENOMEM
+        }
+    );
+    // The range is still the arena's: no other mapping can be placed there
+    // (which the arena's drop would then unmap)...
+    let other = MemoryMappingBuilder::new(HUGE).build_fixed_noreplace(arena.as_ptr());
+    assert_eq!(other.unwrap_err().errno(), Some(libc::EEXIST));
+    // ...and the old sub-mapping was not replaced at all.
+    assert_eq!(read(&arena, 0, 4), b"kept");
+    let pages = HUGE / ps();
+    assert_eq!(
+        layout(&arena),
+        l(&[(0, pages, "rw-s"), (pages, 2 * pages, "---p")])
+    );
+    assert_eq!(arena.size(), 2 * HUGE);
 }

@@ -13,7 +13,8 @@ use std::fs;
 
 use common::{have_huge_pages, pread, vma_at, vmas_in};
 use mmap::{
-    Error, HugePageAdvice, HugePageSize, MemoryMapping, MemoryMappingBuilder, Result, SharedMemory,
+    Error, HugePageAdvice, HugePageSize, MappedRegion, MemoryMapping, MemoryMappingArena,
+    MemoryMappingBuilder, Protection, Result, SharedMemory,
 };
 
 const HUGE: usize = 2 << 20;
@@ -306,4 +307,75 @@ fn empty_pool_is_enomem() {
         }
         other => eprintln!("SKIPPED empty_pool_is_enomem: 1 GiB pool (nr, overcommit) = {other:?}"),
     }
+}
+
+#[test]
+fn arena_replaces_hugetlb_memory_in_whole_huge_pages() {
+    if !have_huge_pages("arena_replaces_hugetlb_memory_in_whole_huge_pages", 2) {
+        return;
+    }
+    let shm = SharedMemory::new_hugetlb("arena", 2 * HUGE as u64, HugePageSize::Size2MiB).unwrap();
+    let mut arena: MemoryMappingArena = MemoryMappingBuilder::new(4 * HUGE)
+        .private()
+        .noreserve()
+        .protection(Protection::none())
+        .align(HUGE as u64)
+        .build()
+        .unwrap()
+        .into();
+    let test = "arena_replaces_hugetlb_memory_in_whole_huge_pages";
+    // One page asked for, one huge page mapped.
+    if or_skip(test, arena.add_fd(HUGE, ps(), &shm)).is_none() {
+        return;
+    }
+    let vmas = vmas_in(arena.as_ptr(), arena.size());
+    let base = arena.as_ptr() as usize;
+    let huge_vma = vmas.iter().find(|v| v.has("ht")).expect("a hugetlb VMA");
+    assert_eq!(
+        (huge_vma.start, huge_vma.end),
+        (base + HUGE, base + 2 * HUGE)
+    );
+    // Splitting its huge page is refused before any system call...
+    assert_eq!(
+        arena.remove(HUGE + ps(), ps()).unwrap_err(),
+        Error::UnalignedOffset {
+            op: "remove",
+            offset: (HUGE + ps()) as u64,
+            align: HUGE as u64
+        }
+    );
+    assert_eq!(
+        arena.add_anon(0, HUGE + ps()).unwrap_err(),
+        Error::UnalignedOffset {
+            op: "add_anon",
+            offset: (HUGE + ps()) as u64,
+            align: HUGE as u64
+        }
+    );
+    // ...and nothing was given up: the whole arena is still its own.
+    assert_eq!(arena.size(), 4 * HUGE);
+    // Whole huge pages can be replaced, and then split as base pages.
+    arena.add_anon(0, 2 * HUGE).unwrap();
+    arena.remove(HUGE + ps(), ps()).unwrap();
+    assert!(vmas_in(arena.as_ptr(), arena.size())
+        .iter()
+        .all(|v| !v.has("ht")));
+
+    // An arena made from hugetlb memory follows the same rule.
+    let Some(m) = or_skip(
+        test,
+        MemoryMappingBuilder::new(HUGE)
+            .private()
+            .hugetlb(HugePageSize::Size2MiB)
+            .build(),
+    ) else {
+        return;
+    };
+    let mut arena = MemoryMappingArena::from(m);
+    assert!(matches!(
+        arena.add_anon(ps(), ps()),
+        Err(Error::UnalignedOffset { op: "add_anon", offset, .. }) if offset == ps() as u64
+    ));
+    arena.add_anon(0, HUGE).unwrap();
+    arena.add_anon(ps(), ps()).unwrap();
 }

@@ -3,6 +3,8 @@
 
 use std::fs;
 
+pub mod hugetlbfs;
+
 /// One VMA of `/proc/self/smaps`.
 #[derive(Debug, Clone)]
 pub struct Vma {
