@@ -33,6 +33,24 @@
 //! a mapped file raises `SIGBUS`; a page made inaccessible with
 //! [`MemoryMapping::set_protection`] raises `SIGSEGV`.
 //!
+//! # Soundness
+//!
+//! The rule every public item meets: a safe function never lets safe code
+//! (a) write or remove memory that Rust code may still reference, (b) take
+//! ownership of, or close, a descriptor it was not handed, or (c) make memory
+//! that Rust code may reference fault. So every call that maps over an
+//! address it does not own (`MAP_FIXED`) is `unsafe`
+//! ([`MemoryMappingBuilder::build_fixed`], [`MemoryMapping::new_protection_fixed`],
+//! [`MemoryMapping::from_descriptor_offset_protection_fixed`]);
+//! [`MemoryMappingArena`] maps only inside its own range (checked with the
+//! file's huge page size) and, when a mapping fails, puts its reservation
+//! back without replacing anything, or gives the range up rather than ever
+//! unmapping memory it cannot vouch for; and descriptors are borrowed
+//! (`AsFd`) unless ownership is moved in by value. The memory of a mapping
+//! itself is reached only through volatile copies (see above), so a page
+//! that its owner protects, removes or lets a userfaultfd handler poison
+//! breaks no reference.
+//!
 //! # Example: two views of one memfd
 //!
 //! ```
