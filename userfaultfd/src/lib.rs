@@ -82,6 +82,7 @@ mod pagemap;
 mod range;
 mod raw;
 mod register;
+pub mod serve;
 mod uffd;
 
 pub use builder::{CreationMethod, UffdBuilder};

@@ -1,0 +1,766 @@
+//! The fault-handling runtime (`userfaultfd::serve`) against the running kernel: demand faults
+//! from many threads, prefetch and background fill, hugetlb, REMOVE and UNMAP events, source
+//! failures under each policy, shutdown with faults in flight, two servers at once, and refused
+//! configurations. Every wait is bounded.
+
+mod common;
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Barrier, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use common::{ps, Map, TIMEOUT, TIMEOUT_MS};
+use mmap::MemoryMapping;
+use userfaultfd::serve::{
+    FailurePolicy, MemorySource, PageSource, Region, ServeError, Server, ServerBuilder,
+    DEFAULT_PREFETCH,
+};
+use userfaultfd::{FeatureFlags, UffdBuilder};
+
+/// Page `n` of an image holds the byte `(n * 7 + 3) as u8` (zero every eighth page).
+fn byte_of(page: usize) -> u8 {
+    if page % 8 == 7 {
+        0
+    } else {
+        (page * 7 + 3) as u8
+    }
+}
+
+fn image(pages: usize, page: usize) -> Vec<u8> {
+    (0..pages * page).map(|i| byte_of(i / page)).collect()
+}
+
+fn user_uffd() -> userfaultfd::Uffd {
+    UffdBuilder::new().user_mode_only(true).create().unwrap()
+}
+
+/// Reads every page of `m` (one byte per page) and checks it against [`byte_of`].
+fn verify(m: &MemoryMapping, page: usize) {
+    for p in 0..m.size() / page {
+        for off in [0, page / 2, page - 1] {
+            let got = m.read_obj::<u8>(p * page + off).unwrap();
+            assert_eq!(got, byte_of(p), "page {p} offset {off}");
+        }
+    }
+}
+
+/// Touches `pages` pages of `m` from `threads` threads, each in its own order; returns when all
+/// are done, failing the test after [`TIMEOUT`].
+fn touch_all(m: &Arc<MemoryMapping>, page: usize, threads: usize) {
+    let pages = m.size() / page;
+    let (tx, rx) = mpsc::channel();
+    for t in 0..threads {
+        let m = Arc::clone(m);
+        let tx = tx.clone();
+        thread::spawn(move || {
+            // A different stride per thread, so threads race on the same pages.
+            let stride = [1, 3, 5, 7, 11, 13, 17, 19][t % 8];
+            for i in 0..pages {
+                let p = (i * stride + t) % pages;
+                assert_eq!(m.read_obj::<u8>(p * page + 1).unwrap(), byte_of(p));
+            }
+            tx.send(()).unwrap();
+        });
+    }
+    for _ in 0..threads {
+        rx.recv_timeout(TIMEOUT)
+            .expect("a touching thread is stuck");
+    }
+}
+
+#[test]
+fn eight_threads_race_on_the_same_pages() {
+    let page = ps();
+    let pages = 2048; // 8 MiB
+    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let src = Arc::new(MemorySource::new(image(pages, page)));
+    let server = ServerBuilder::new()
+        .region(Region::new(m.clone(), src))
+        .start(user_uffd())
+        .unwrap();
+    touch_all(&m, page, 8);
+    server.wait_populated(TIMEOUT).unwrap();
+    let stats = server.shutdown().unwrap();
+    verify(&m, page);
+    assert_eq!(stats.pages_present(), pages as u64, "{stats:?}");
+    assert_eq!(stats.source_errors, 0);
+    assert!(stats.time_to_populated.is_some());
+    assert_eq!(
+        stats.latency.count,
+        stats.pages_demand + stats.pages_removed_zero
+    );
+}
+
+#[test]
+fn demand_and_prefetch_only_without_background_fill() {
+    let page = ps();
+    let pages = 1024;
+    let chunk = 64 << 10;
+    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let server = ServerBuilder::new()
+        .region(Region::new(
+            m.clone(),
+            Arc::new(MemorySource::new(image(pages, page))),
+        ))
+        .background_threads(0)
+        .prefetch(chunk)
+        .prefetch_max(chunk)
+        .start(user_uffd())
+        .unwrap();
+    // One touch in the middle of a chunk: the whole chunk arrives, nothing else.
+    assert_eq!(m.read_obj::<u8>(100 * page).unwrap(), byte_of(100));
+    // The counters follow the wake: wait for the handler to finish the chunk.
+    let per_chunk = (chunk / page) as u64;
+    common::wait_until("the prefetched chunk", || {
+        server.stats().pages_present() == per_chunk
+    });
+    let stats = server.stats();
+    assert_eq!(stats.demand_faults, 1, "{stats:?}");
+    assert_eq!(stats.pages_demand, 1, "{stats:?}");
+    assert!(!server.is_populated());
+    assert!(matches!(
+        server.wait_populated(Duration::from_millis(10)),
+        Err(ServeError::Timeout(_))
+    ));
+    touch_all(&m, page, 2);
+    server.wait_populated(TIMEOUT).unwrap();
+    let stats = server.shutdown().unwrap();
+    assert_eq!(stats.pages_background, 0);
+    assert_eq!(stats.pages_present(), pages as u64);
+    verify(&m, page);
+}
+
+#[test]
+fn hugetlb_regions_are_served_in_huge_pages() {
+    let huge = 2 << 20;
+    let pages = 4;
+    let free = mmap::HugePageSize::Size2MiB.free_pages().unwrap_or(0);
+    if free < pages as u64 + 2 {
+        println!(
+            "SKIPPED hugetlb_regions_are_served_in_huge_pages: {free} free 2 MiB huge pages \
+             (run `sysctl -w vm.nr_hugepages=128`)"
+        );
+        return;
+    }
+    let m = match mmap::MemoryMappingBuilder::new(pages * huge)
+        .private()
+        .hugetlb(mmap::HugePageSize::Size2MiB)
+        .build()
+    {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            println!("SKIPPED hugetlb_regions_are_served_in_huge_pages: {e}");
+            return;
+        }
+    };
+    assert_eq!(mmap::MappedRegion::page_size(&*m), huge);
+    let server = ServerBuilder::new()
+        .region(Region::new(
+            m.clone(),
+            Arc::new(MemorySource::new(image(pages, huge))),
+        ))
+        .start(user_uffd())
+        .unwrap();
+    touch_all(&m, huge, 4);
+    server.wait_populated(TIMEOUT).unwrap();
+    let stats = server.shutdown().unwrap();
+    assert_eq!(stats.pages_present(), pages as u64, "{stats:?}");
+    verify(&m, huge);
+}
+
+/// `madvise(MADV_DONTNEED)` over `len` bytes at `off` of `m`.
+fn dontneed(m: &MemoryMapping, off: usize, len: usize) {
+    // SAFETY: the range lies inside `m`, which is reached only through volatile accessors;
+    // dropping its pages is what the test wants.
+    let r = unsafe { libc::madvise(m.as_ptr().add(off).cast(), len, libc::MADV_DONTNEED) };
+    assert_eq!(r, 0, "madvise: {}", io::Error::last_os_error());
+}
+
+#[test]
+fn removed_pages_read_as_zeros_never_as_source_data() {
+    let page = ps();
+    let pages = 512;
+    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let uffd = UffdBuilder::new()
+        .user_mode_only(true)
+        .require_features(FeatureFlags::EVENT_REMOVE)
+        .create()
+        .unwrap();
+    let server = ServerBuilder::new()
+        .region(Region::new(
+            m.clone(),
+            Arc::new(MemorySource::new(image(pages, page))),
+        ))
+        .start(uffd)
+        .unwrap();
+    server.wait_populated(TIMEOUT).unwrap();
+    verify(&m, page);
+    // A balloon frees pages 10..20 (blocks until the server reads the REMOVE event).
+    dontneed(&m, 10 * page, 10 * page);
+    for p in 0..pages {
+        let want = if (10..20).contains(&p) { 0 } else { byte_of(p) };
+        assert_eq!(m.read_obj::<u8>(p * page + 5).unwrap(), want, "page {p}");
+    }
+    let stats = server.shutdown().unwrap();
+    assert!(stats.events >= 1, "{stats:?}");
+    assert_eq!(stats.pages_removed_zero, 10, "{stats:?}");
+}
+
+#[test]
+fn removal_before_population_is_skipped_by_background_fill() {
+    let page = ps();
+    let pages = 4096;
+    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let uffd = UffdBuilder::new()
+        .user_mode_only(true)
+        .require_features(FeatureFlags::EVENT_REMOVE)
+        .create()
+        .unwrap();
+    let (release, gate) = mpsc::channel();
+    let src = Arc::new(Gated::new(image(pages, page), gate));
+    let server = ServerBuilder::new()
+        .region(Region::new(m.clone(), src.clone()))
+        .background_chunk(64 << 10)
+        .start(uffd)
+        .unwrap();
+    // Background fill is held inside its first read (the first chunk) while the second half,
+    // still missing, is removed.
+    src.entered.wait();
+    dontneed(&m, pages / 2 * page, pages / 2 * page);
+    release.send(()).unwrap();
+    // Removed pages need nothing from the source: population completes without them.
+    server.wait_populated(TIMEOUT).unwrap();
+    let before = server.stats();
+    assert!(before.pages_present() <= (pages / 2) as u64, "{before:?}");
+    for p in 0..pages {
+        let want = if p < pages / 2 { byte_of(p) } else { 0 };
+        assert_eq!(m.read_obj::<u8>(p * page).unwrap(), want, "page {p}");
+    }
+    let stats = server.shutdown().unwrap();
+    assert_eq!(stats.pages_removed_zero, (pages / 2) as u64, "{stats:?}");
+}
+
+/// A source that fails for the pages in `bad` and counts its reads.
+struct Failing {
+    inner: MemorySource,
+    bad: std::ops::Range<u64>,
+    reads: AtomicUsize,
+}
+
+impl PageSource for Failing {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let end = offset + buf.len() as u64;
+        if offset < self.bad.end && self.bad.start < end {
+            return Err(io::Error::other("the disk is on fire"));
+        }
+        self.inner.read_at(offset, buf)
+    }
+}
+
+fn failing(pages: usize, page: usize, bad_page: usize) -> Arc<Failing> {
+    Arc::new(Failing {
+        inner: MemorySource::new(image(pages, page)),
+        bad: (bad_page * page) as u64..((bad_page + 1) * page) as u64,
+        reads: AtomicUsize::new(0),
+    })
+}
+
+/// Set in a re-executed child: the name of the case to run there.
+const CHILD_ENV: &str = "UFFD_SERVE_CHILD";
+
+/// Runs test `name` of this binary in a child with [`CHILD_ENV`] set; returns its status and
+/// output, failing after [`TIMEOUT`].
+fn run_child(name: &str) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    assert!(pidfd >= 0, "pidfd_open: {}", io::Error::last_os_error());
+    // SAFETY: a new descriptor owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    if common::poll_in(&pidfd, TIMEOUT_MS) == 0 {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("child case {name} did not finish within {TIMEOUT:?}");
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
+#[test]
+fn a_failed_source_read_poisons_the_page() {
+    const NAME: &str = "a_failed_source_read_poisons_the_page";
+    if !UffdBuilder::probe_features()
+        .unwrap()
+        .contains(FeatureFlags::POISON)
+    {
+        println!("SKIPPED {NAME}: no UFFDIO_POISON on this kernel (Linux 6.6)");
+        return;
+    }
+    let page = ps();
+    let pages = 64;
+    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&errors);
+    let server = ServerBuilder::new()
+        .region(Region::new(m.clone(), failing(pages, page, 9)))
+        .prefetch(0)
+        .background_threads(0)
+        .on_error(move |e| seen.lock().unwrap().push(e.to_string()))
+        .start(user_uffd())
+        .unwrap();
+    // Good pages are served...
+    assert_eq!(m.read_obj::<u8>(8 * page).unwrap(), byte_of(8));
+    if std::env::var(CHILD_ENV).as_deref() == Ok(NAME) {
+        // ...and touching the bad one raises SIGBUS instead of hanging. (The child has its own
+        // server: this whole test body ran again in it.)
+        let _ = m.read_obj::<u8>(9 * page);
+        println!("CHILD READ A PAGE WHOSE SOURCE FAILED");
+        std::process::exit(3);
+    }
+    let (status, out) = run_child(NAME);
+    assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}\n{out}");
+    // Here nobody asked for page 9 (no prefetch, no background fill): no error yet.
+    drop(server);
+    assert!(errors.lock().unwrap().is_empty());
+}
+
+#[test]
+fn zero_fill_policy_goes_on_with_zeros_and_reports() {
+    let page = ps();
+    let pages = 64;
+    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&errors);
+    let server = ServerBuilder::new()
+        .region(Region::new(m.clone(), failing(pages, page, 9)))
+        .prefetch(0)
+        .failure_policy(FailurePolicy::ZeroFill)
+        .on_error(move |e| seen.lock().unwrap().push(e.to_string()))
+        .start(user_uffd())
+        .unwrap();
+    assert_eq!(m.read_obj::<u8>(9 * page).unwrap(), 0);
+    server.wait_populated(TIMEOUT).unwrap();
+    let stats = server.shutdown().unwrap();
+    assert!(stats.source_errors >= 1, "{stats:?}");
+    assert_eq!(stats.pages_failed, 1, "{stats:?}");
+    let errors = errors.lock().unwrap();
+    assert!(
+        errors.iter().any(|e| e.contains("disk is on fire")),
+        "{errors:?}"
+    );
+    for p in (0..pages).filter(|&p| p != 9) {
+        assert_eq!(m.read_obj::<u8>(p * page).unwrap(), byte_of(p), "page {p}");
+    }
+}
+
+#[test]
+fn stop_policy_unregisters_and_says_why() {
+    let page = ps();
+    let pages = 64;
+    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let server = ServerBuilder::new()
+        .region(Region::new(m.clone(), failing(pages, page, 9)))
+        .prefetch(0)
+        .background_threads(0)
+        .failure_policy(FailurePolicy::Stop)
+        .start(user_uffd())
+        .unwrap();
+    // The faulting thread is released to the kernel's default: a zero page.
+    assert_eq!(m.read_obj::<u8>(9 * page).unwrap(), 0);
+    match server.wait_populated(TIMEOUT) {
+        Err(ServeError::Stopped(why)) => assert!(why.contains("Stop"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(server.halted().is_some());
+    // Not registered any more: other pages are plain zero-filled memory now.
+    assert_eq!(m.read_obj::<u8>(20 * page).unwrap(), 0);
+    server.shutdown().unwrap();
+}
+
+/// A source whose first read waits until released (after meeting the test at `entered`), to
+/// hold a fault or a background copy in flight; later reads go straight through.
+struct Gated {
+    inner: MemorySource,
+    first: AtomicUsize,
+    gate: Mutex<mpsc::Receiver<()>>,
+    entered: Barrier,
+}
+
+impl Gated {
+    fn new(image: Vec<u8>, gate: mpsc::Receiver<()>) -> Gated {
+        Gated {
+            inner: MemorySource::new(image),
+            first: AtomicUsize::new(0),
+            gate: Mutex::new(gate),
+            entered: Barrier::new(2),
+        }
+    }
+}
+
+impl PageSource for Gated {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if self.first.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.entered.wait();
+            let _ = self.gate.lock().unwrap().recv_timeout(TIMEOUT);
+        }
+        self.inner.read_at(offset, buf)
+    }
+}
+
+#[test]
+fn shutdown_with_a_fault_in_flight_releases_the_faulting_thread() {
+    let page = ps();
+    let pages = 16;
+    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let (release, gate) = mpsc::channel();
+    let src = Arc::new(Gated::new(image(pages, page), gate));
+    let server = ServerBuilder::new()
+        .region(Region::new(m.clone(), src.clone()))
+        .prefetch(0)
+        .background_threads(0)
+        .start(user_uffd())
+        .unwrap();
+    let toucher = {
+        let m = Arc::clone(&m);
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || tx.send(m.read_obj::<u8>(3 * page).unwrap()).unwrap());
+        rx
+    };
+    // The handler is inside the source read for page 3.
+    src.entered.wait();
+    let stopper = thread::spawn(move || server.shutdown());
+    release.send(()).unwrap();
+    let stats = stopper.join().unwrap().unwrap();
+    // The read completed before the handler saw the stop: page 3 has its data.
+    assert_eq!(toucher.recv_timeout(TIMEOUT).unwrap(), byte_of(3));
+    assert_eq!(stats.pages_demand, 1);
+    // After shutdown the rest is plain memory: the kernel zero-fills it.
+    assert_eq!(m.read_obj::<u8>(4 * page).unwrap(), 0);
+}
+
+#[test]
+fn shutdown_while_threads_wait_on_missing_pages() {
+    let page = ps();
+    let pages = 16;
+    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let (release, gate) = mpsc::channel::<()>();
+    let src = Arc::new(Gated::new(image(pages, page), gate));
+    let server: Server = ServerBuilder::new()
+        .region(Region::new(m.clone(), src.clone()))
+        .prefetch(0)
+        .background_threads(0)
+        .start(user_uffd())
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    for p in [1usize, 2, 3] {
+        let m = Arc::clone(&m);
+        let tx = tx.clone();
+        thread::spawn(move || tx.send((p, m.read_obj::<u8>(p * page).unwrap())).unwrap());
+    }
+    // The handler is held in its first read; the other faults wait (read or not yet read).
+    src.entered.wait();
+    let stopper = thread::spawn(move || server.shutdown());
+    release.send(()).unwrap();
+    stopper.join().unwrap().unwrap();
+    // Every thread comes back, with its data (served before the stop took effect) or with the
+    // kernel's zero page (released by the unregistration): never stuck.
+    let got: Vec<(usize, u8)> = (0..3).map(|_| rx.recv_timeout(TIMEOUT).unwrap()).collect();
+    assert!(
+        got.iter().all(|&(p, v)| v == byte_of(p) || v == 0),
+        "{got:?}"
+    );
+    assert!(got.iter().any(|&(p, v)| v == byte_of(p)), "{got:?}");
+}
+
+#[test]
+fn two_servers_at_once() {
+    let page = ps();
+    let pages = 1024;
+    let a = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let b = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let sa = ServerBuilder::new()
+        .region(Region::new(
+            a.clone(),
+            Arc::new(MemorySource::new(image(pages, page))),
+        ))
+        .start(user_uffd())
+        .unwrap();
+    let sb = ServerBuilder::new()
+        .region(Region::new(
+            b.clone(),
+            Arc::new(MemorySource::new(image(pages, page))),
+        ))
+        .start(user_uffd())
+        .unwrap();
+    let ta = {
+        let a = a.clone();
+        thread::spawn(move || touch_all(&a, page, 2))
+    };
+    touch_all(&b, page, 2);
+    ta.join().unwrap();
+    sa.wait_populated(TIMEOUT).unwrap();
+    sb.wait_populated(TIMEOUT).unwrap();
+    drop((sa, sb));
+    verify(&a, page);
+    verify(&b, page);
+}
+
+#[test]
+fn one_server_many_regions_with_source_offsets() {
+    let page = ps();
+    let pages = 256;
+    let src: Arc<dyn PageSource> = Arc::new(MemorySource::new(image(3 * pages, page)));
+    let regions: Vec<Arc<MemoryMapping>> = (0..3)
+        .map(|_| Arc::new(MemoryMapping::new_private(pages * page).unwrap()))
+        .collect();
+    let mut builder = ServerBuilder::new();
+    for (i, r) in regions.iter().enumerate() {
+        builder = builder
+            .region(Region::new(r.clone(), src.clone()).source_offset((i * pages * page) as u64));
+    }
+    let server = builder.start(user_uffd()).unwrap();
+    server.wait_populated(TIMEOUT).unwrap();
+    drop(server);
+    for (i, r) in regions.iter().enumerate() {
+        for p in 0..pages {
+            assert_eq!(r.read_obj::<u8>(p * page).unwrap(), byte_of(i * pages + p));
+        }
+    }
+}
+
+#[test]
+fn unmapping_part_of_a_region_while_background_fill_runs() {
+    let page = ps();
+    let pages = 4096;
+    let map = Map::anon(pages * page);
+    let uffd = UffdBuilder::new()
+        .user_mode_only(true)
+        .require_features(FeatureFlags::EVENT_UNMAP)
+        .create()
+        .unwrap();
+    let src: Arc<dyn PageSource> = Arc::new(MemorySource::new(image(pages, page)));
+    // SAFETY: `map` is this test's raw mapping, read only through `Map::read` below, and its
+    // second half is unmapped only through the munmap below, which the server learns of.
+    let region = unsafe { Region::from_raw_parts(map.ptr(), pages * page, page, src) };
+    let server = ServerBuilder::new()
+        .region(region)
+        .background_chunk(64 << 10)
+        .start(uffd)
+        .unwrap();
+    // SAFETY: the second half of our own mapping; nothing refers to it afterwards.
+    let r = unsafe { libc::munmap(map.at(pages / 2 * page), pages / 2 * page) };
+    assert_eq!(r, 0);
+    server.wait_populated(TIMEOUT).unwrap();
+    let stats = server.shutdown().unwrap();
+    assert!(stats.events >= 1, "{stats:?}");
+    for p in 0..pages / 2 {
+        assert_eq!(map.read(p * page), byte_of(p), "page {p}");
+    }
+    // Unmap the first half ourselves; forget the mapping so its drop does not unmap twice.
+    // SAFETY: the first half of our own mapping, never touched again.
+    unsafe { libc::munmap(map.ptr(), pages / 2 * page) };
+    map.forget();
+}
+
+#[test]
+fn pages_present_before_start_are_kept() {
+    let page = ps();
+    let pages = 64;
+    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    m.write_obj(0xeeu8, 5 * page).unwrap();
+    let server = ServerBuilder::new()
+        .region(Region::new(
+            m.clone(),
+            Arc::new(MemorySource::new(image(pages, page))),
+        ))
+        .start(user_uffd())
+        .unwrap();
+    server.wait_populated(TIMEOUT).unwrap();
+    let stats = server.shutdown().unwrap();
+    // COPY never overwrites: the page written before the server started keeps its byte.
+    assert_eq!(m.read_obj::<u8>(5 * page).unwrap(), 0xee);
+    assert!(stats.already_mapped >= 1, "{stats:?}");
+    for p in (0..pages).filter(|&p| p != 5) {
+        assert_eq!(m.read_obj::<u8>(p * page).unwrap(), byte_of(p));
+    }
+}
+
+#[test]
+fn stop_when_populated_leaves_plain_memory() {
+    let page = ps();
+    let pages = 256;
+    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let server = ServerBuilder::new()
+        .region(Region::new(
+            m.clone(),
+            Arc::new(MemorySource::new(image(pages, page))),
+        ))
+        .stop_when_populated(true)
+        .start(user_uffd())
+        .unwrap();
+    server.wait_populated(TIMEOUT).unwrap();
+    verify(&m, page);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn refused_configurations_are_typed_errors() {
+    let page = ps();
+    let m = Arc::new(MemoryMapping::new_private(4 * page).unwrap());
+    let small: Arc<dyn PageSource> = Arc::new(MemorySource::new(vec![0u8; 2 * page]));
+    let fits: Arc<dyn PageSource> = Arc::new(MemorySource::new(vec![0u8; 4 * page]));
+    let cases: Vec<(&str, ServerBuilder)> = vec![
+        ("no region", ServerBuilder::new()),
+        (
+            "source shorter than the region",
+            ServerBuilder::new().region(Region::new(m.clone(), small)),
+        ),
+        (
+            "offset past the source",
+            ServerBuilder::new()
+                .region(Region::new(m.clone(), fits.clone()).source_offset(page as u64)),
+        ),
+        (
+            "overlap",
+            ServerBuilder::new()
+                .region(Region::new(m.clone(), fits.clone()))
+                .region(Region::new(m.clone(), fits.clone())),
+        ),
+        (
+            "prefetch not a power of two",
+            ServerBuilder::new()
+                .region(Region::new(m.clone(), fits.clone()))
+                .prefetch(3 * page),
+        ),
+        (
+            "no handler thread",
+            ServerBuilder::new()
+                .region(Region::new(m.clone(), fits.clone()))
+                .handler_threads(0),
+        ),
+    ];
+    for (what, b) in cases {
+        match b.start(user_uffd()) {
+            Err(ServeError::Config(_)) => {}
+            other => panic!("{what}: expected Config, got {other:?}"),
+        }
+    }
+    // SAFETY: never started (the configuration is refused before anything is registered).
+    let misaligned =
+        unsafe { Region::from_raw_parts(m.as_ptr().add(1).cast(), page, page, fits.clone()) };
+    assert!(matches!(
+        ServerBuilder::new().region(misaligned).start(user_uffd()),
+        Err(ServeError::Config(_))
+    ));
+    // A range another uffd has registered: registration fails, nothing stays registered.
+    let other = user_uffd();
+    other
+        .register_region(&*m, userfaultfd::RegisterMode::MISSING)
+        .unwrap();
+    assert!(matches!(
+        ServerBuilder::new()
+            .region(Region::new(m.clone(), fits))
+            .start(user_uffd()),
+        Err(ServeError::Uffd(_))
+    ));
+}
+
+#[test]
+fn a_recorded_working_set_replays_before_the_workload_touches_it() {
+    use userfaultfd::serve::WorkingSet;
+    let page = ps();
+    // Forty touches in 32 prefetch chunks, visited out of order.
+    let per_chunk = DEFAULT_PREFETCH / page;
+    let pages = 32 * per_chunk;
+    let touched: Vec<usize> = (0..40)
+        .map(|i| ((i * 17) % 32) * per_chunk + (i * 5) % per_chunk)
+        .collect();
+    let run = |replay: Option<WorkingSet>| {
+        let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+        let mut b = ServerBuilder::new()
+            .region(Region::new(
+                m.clone(),
+                Arc::new(MemorySource::new(image(pages, page))),
+            ))
+            .background_threads(0)
+            .record_working_set(true);
+        let expect_replayed = replay.is_some();
+        if let Some(ws) = replay {
+            b = b.replay(ws);
+        }
+        let server = b.start(user_uffd()).unwrap();
+        if expect_replayed {
+            // The replay thread copies the recorded chunks before anything is touched.
+            common::wait_until("the whole replay", || {
+                server.stats().pages_replay >= 32 * per_chunk as u64
+            });
+        }
+        for &p in &touched {
+            assert_eq!(m.read_obj::<u8>(p * page).unwrap(), byte_of(p), "page {p}");
+        }
+        let ws = server.working_set();
+        (server.shutdown().unwrap(), ws)
+    };
+    let (first, ws) = run(None);
+    assert_eq!(ws.len() as u64, first.pages_demand, "{first:?}");
+    assert!(first.demand_faults as usize >= ws.len());
+    // Through a file and back.
+    let path = std::env::temp_dir().join(format!("uffd-ws-{}.bin", std::process::id()));
+    ws.save(&path).unwrap();
+    let loaded = WorkingSet::load(&path);
+    let _ = std::fs::remove_file(&path);
+    let loaded = loaded.unwrap();
+    assert_eq!(loaded, ws);
+    let (second, ws2) = run(Some(loaded));
+    assert_eq!(second.demand_faults, 0, "{second:?}");
+    assert!(ws2.is_empty());
+    assert_eq!(
+        second.pages_replay,
+        first.pages_present(),
+        "{first:?}\n{second:?}"
+    );
+}
+
+#[test]
+fn a_working_set_naming_other_pages_is_refused() {
+    use userfaultfd::serve::WorkingSet;
+    let page = ps();
+    let m = Arc::new(MemoryMapping::new_private(4 * page).unwrap());
+    for entries in [vec![(1u32, 0u64)], vec![(0, 4 * page as u64)], vec![(0, 1)]] {
+        let r = ServerBuilder::new()
+            .region(Region::new(
+                m.clone(),
+                Arc::new(MemorySource::new(image(4, page))),
+            ))
+            .replay(WorkingSet::from_entries(entries.clone()))
+            .start(user_uffd());
+        assert!(
+            matches!(r, Err(ServeError::Config(_))),
+            "{entries:?}: {r:?}"
+        );
+    }
+}
