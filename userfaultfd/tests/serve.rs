@@ -764,3 +764,104 @@ fn a_working_set_naming_other_pages_is_refused() {
         );
     }
 }
+
+/// Writes one byte into each page of `pages` of `m`.
+fn write_pages(m: &MemoryMapping, page: usize, pages: &[usize]) {
+    for &p in pages {
+        m.write_obj(0xabu8, p * page + 9).unwrap();
+    }
+}
+
+/// The pages named by `ranges` (all of region 0).
+fn dirty_set(ranges: &[userfaultfd::serve::DirtyRange], page: usize) -> Vec<usize> {
+    let mut v = Vec::new();
+    for d in ranges {
+        assert_eq!(d.region, 0);
+        assert_eq!((d.offset % page, d.len % page), (0, 0), "{d:?}");
+        v.extend(d.offset / page..(d.offset + d.len) / page);
+    }
+    v
+}
+
+fn dirty_tracking_round_trip(uffd: userfaultfd::Uffd) -> userfaultfd::serve::Stats {
+    let page = ps();
+    let pages = 256;
+    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let server = ServerBuilder::new()
+        .region(Region::new(
+            m.clone(),
+            Arc::new(MemorySource::new(image(pages, page))),
+        ))
+        .prefetch(0)
+        .background_threads(0)
+        .track_dirty(true)
+        .start(uffd)
+        .unwrap();
+    // A write to a missing page: served writable and reported.
+    write_pages(&m, page, &[7]);
+    // Reads populate without dirtying.
+    for p in 0..pages {
+        let want = if p == 7 { None } else { Some(byte_of(p)) };
+        let got = m.read_obj::<u8>(p * page).unwrap();
+        if let Some(w) = want {
+            assert_eq!(got, w, "page {p}");
+        }
+    }
+    server.wait_populated(TIMEOUT).unwrap();
+    assert_eq!(dirty_set(&server.dirty_pages().unwrap(), page), vec![7]);
+    assert!(server.dirty_pages().unwrap().is_empty());
+    write_pages(&m, page, &[3, 4, 10, 255]);
+    assert_eq!(
+        dirty_set(&server.dirty_pages().unwrap(), page),
+        vec![3, 4, 10, 255]
+    );
+    assert!(server.dirty_pages().unwrap().is_empty());
+    write_pages(&m, page, &[4]);
+    assert_eq!(dirty_set(&server.dirty_pages().unwrap(), page), vec![4]);
+    // The data written is there, the rest is the image's.
+    for p in 0..pages {
+        let want = if [3, 4, 7, 10, 255].contains(&p) {
+            0xab
+        } else {
+            byte_of(p)
+        };
+        assert_eq!(m.read_obj::<u8>(p * page + 9).unwrap(), want, "page {p}");
+    }
+    server.shutdown().unwrap()
+}
+
+#[test]
+fn dirty_pages_with_wp_async() {
+    if !UffdBuilder::probe_features()
+        .unwrap()
+        .contains(FeatureFlags::WP_ASYNC)
+    {
+        println!("SKIPPED dirty_pages_with_wp_async: no WP_ASYNC on this kernel (Linux 6.7)");
+        return;
+    }
+    let uffd = UffdBuilder::new()
+        .user_mode_only(true)
+        .require_features(FeatureFlags::WP_ASYNC)
+        .create()
+        .unwrap();
+    let stats = dirty_tracking_round_trip(uffd);
+    assert_eq!(stats.wp_faults, 0, "{stats:?}");
+}
+
+#[test]
+fn dirty_pages_with_write_protect_faults() {
+    let stats = dirty_tracking_round_trip(user_uffd());
+    // Each first write after a scan faulted once (page 7 was written on its missing fault).
+    assert_eq!(stats.wp_faults, 5, "{stats:?}");
+}
+
+#[test]
+fn dirty_pages_needs_tracking() {
+    let page = ps();
+    let m = Arc::new(MemoryMapping::new_private(4 * page).unwrap());
+    let server = ServerBuilder::new()
+        .region(Region::new(m, Arc::new(MemorySource::new(image(4, page)))))
+        .start(user_uffd())
+        .unwrap();
+    assert!(matches!(server.dirty_pages(), Err(ServeError::Config(_))));
+}

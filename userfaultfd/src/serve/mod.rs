@@ -26,6 +26,9 @@
 //!   ([`ServerBuilder::record_working_set`], [`WorkingSet::save`]); the next restore replays it
 //!   ([`ServerBuilder::replay`]): those chunks are copied first, in that order, before
 //!   background fill, which pays off when the source is slow.
+//! - **Dirty tracking** ([`ServerBuilder::track_dirty`]): pages are installed
+//!   write-protected, and [`Server::dirty_pages`] lists the pages written since the restore or
+//!   the last call (`WP_ASYNC` and `PAGEMAP_SCAN` on Linux 6.7, write-protect faults before).
 //! - **Failures** of the source never leave a faulting thread waiting: the pages are
 //!   poisoned (Linux 6.6: the thread gets `SIGBUS`), zero-filled, or the server stops and
 //!   unregisters, as the [`FailurePolicy`] says; the error is counted and reported.
@@ -71,7 +74,8 @@ pub use error::ServeError;
 pub use file::{FileSource, MappedFileSource};
 pub use region::Region;
 pub use server::{
-    FailurePolicy, Server, ServerBuilder, DEFAULT_BACKGROUND_CHUNK, DEFAULT_PREFETCH, MAX_PREFETCH,
+    DirtyRange, FailurePolicy, Server, ServerBuilder, DEFAULT_BACKGROUND_CHUNK, DEFAULT_PREFETCH,
+    MAX_PREFETCH,
 };
 pub use source::{DirectView, MemorySource, PageSource};
 pub use stats::{Latency, Stats};

@@ -16,7 +16,10 @@ use super::region::Region;
 use super::state::{PageStates, CLAIMED, CLAIMED_ZERO, GONE, MISSING, PRESENT, REMOVED};
 use super::stats::{Counters, Stats};
 use super::working_set::{Recorder, WorkingSet};
-use crate::{Error, Event, EventBuffer, FeatureFlags, RegisterMode, Uffd, UffdBuilder};
+use crate::{
+    CopyMode, Error, Event, EventBuffer, FaultKind, FeatureFlags, PageMap, PageRegion, ReadWrite,
+    RegisterMode, Uffd, UffdBuilder,
+};
 
 /// What the server does with pages whose source read failed (an I/O error, a short file, a
 /// peer gone), so that no faulting thread waits forever. The error is reported either way
@@ -75,6 +78,8 @@ pub struct ServerBuilder {
     stop_when_populated: bool,
     record: bool,
     replay: Option<WorkingSet>,
+    track_dirty: bool,
+    pagemap: Option<PageMap>,
     on_error: Option<ErrorCallback>,
     on_fork: Option<ForkCallback>,
 }
@@ -95,6 +100,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("stop_when_populated", &self.stop_when_populated)
             .field("record", &self.record)
             .field("replay", &self.replay.as_ref().map(WorkingSet::len))
+            .field("track_dirty", &self.track_dirty)
             .finish_non_exhaustive()
     }
 }
@@ -132,6 +138,8 @@ impl ServerBuilder {
             stop_when_populated: false,
             record: false,
             replay: None,
+            track_dirty: false,
+            pagemap: None,
             on_error: None,
             on_fork: None,
         }
@@ -226,6 +234,26 @@ impl ServerBuilder {
     /// regions (checked at [`start`](Self::start)).
     pub fn replay(mut self, working_set: WorkingSet) -> ServerBuilder {
         self.replay = Some(working_set);
+        self
+    }
+
+    /// Track the pages the program writes, for [`Server::dirty_pages`] (an incremental
+    /// snapshot writes just those). Pages are installed write-protected (`UFFDIO_COPY` with
+    /// `MODE_WP`) in ranges registered `MISSING | WRITE_PROTECT`; with
+    /// [`FeatureFlags::WP_ASYNC`] on the `Uffd` (Linux 6.7) writes proceed without a fault and
+    /// `PAGEMAP_SCAN` finds them, otherwise each first write after a scan is a write-protect
+    /// fault that the handler records and resolves (Linux 5.7 for anonymous memory, 5.19 for
+    /// shmem and hugetlbfs). Default off.
+    pub fn track_dirty(mut self, track: bool) -> ServerBuilder {
+        self.track_dirty = track;
+        self
+    }
+
+    /// The `pagemap` file [`Server::dirty_pages`] scans with `WP_ASYNC` (default
+    /// `/proc/self/pagemap`): give the served process's (`PageMap::open_pid`) when its memory
+    /// is not this process's.
+    pub fn pagemap(mut self, pagemap: PageMap) -> ServerBuilder {
+        self.pagemap = Some(pagemap);
         self
     }
 
@@ -354,17 +382,31 @@ impl ServerBuilder {
             .map(|r| r.page_size)
             .filter(|&p| p > crate::page_size())
             .max();
+        let dirty = if !self.track_dirty {
+            None
+        } else if uffd.features().contains(FeatureFlags::WP_ASYNC) {
+            let pagemap = match self.pagemap {
+                Some(p) => p,
+                None => PageMap::open()?,
+            };
+            Some(Dirty::Async(pagemap))
+        } else {
+            Some(Dirty::Sync)
+        };
+        let sync_dirty = matches!(dirty, Some(Dirty::Sync));
         let mut regions = Vec::with_capacity(self.regions.len());
         let mut registered: Vec<(usize, usize)> = Vec::new();
         for r in self.regions {
             if self.register {
-                // The regions were vouched for: owned mappings (`Region::new`) or raw ranges
-                // whose `unsafe` constructor's caller is entitled to define them; with that,
-                // even a SIGBUS fd's traps stay in memory no Rust reference relies on.
-                // SAFETY: as just said.
-                let res = unsafe {
-                    uffd.register_unchecked(r.addr as *mut c_void, r.len, RegisterMode::MISSING)
+                let mode = if self.track_dirty {
+                    RegisterMode::MISSING | RegisterMode::WRITE_PROTECT
+                } else {
+                    RegisterMode::MISSING
                 };
+                // SAFETY: the regions were vouched for: owned mappings (`Region::new`) or raw
+                // ranges whose `unsafe` constructor's caller is entitled to define them; so
+                // even a SIGBUS fd's traps stay in memory no Rust reference relies on.
+                let res = unsafe { uffd.register_unchecked(r.addr as *mut c_void, r.len, mode) };
                 if let Err(e) = res {
                     for &(a, l) in &registered {
                         let _ = uffd.unregister(a as *mut c_void, l);
@@ -378,6 +420,11 @@ impl ServerBuilder {
                 len: r.len,
                 page_size: r.page_size,
                 states: PageStates::new(r.len / r.page_size),
+                written: sync_dirty.then(|| {
+                    (0..r.len / r.page_size)
+                        .map(|_| AtomicBool::new(false))
+                        .collect()
+                }),
                 source: r.source,
                 source_offset: r.source_offset,
                 _owner: r._owner,
@@ -402,7 +449,14 @@ impl ServerBuilder {
             recorder: self.record.then(|| Recorder::new(total)),
             replaying: AtomicBool::new(self.replay.is_some()),
             chunk_max,
-            zeros: huge_page.map(|p| vec![0u8; p].into_boxed_slice()),
+            // Zeros to copy where ZEROPAGE cannot serve: hugetlb, and write-protected installs.
+            zeros: if dirty.is_some() {
+                Some(vec![0u8; chunk_max].into_boxed_slice())
+            } else {
+                huge_page.map(|p| vec![0u8; p].into_boxed_slice())
+            },
+            dirty,
+            dirty_lock: Mutex::new(()),
             stop: AtomicBool::new(false),
             stop_fd,
             outstanding: AtomicUsize::new(total),
@@ -498,6 +552,18 @@ fn spawn(
         .map_err(|e| ServeError::Config(format!("cannot start a server thread: {e}")))
 }
 
+/// A range of written pages ([`Server::dirty_pages`]): `len` bytes at byte `offset` of region
+/// `region` (the builder's order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirtyRange {
+    /// Index of the region.
+    pub region: usize,
+    /// Byte offset in the region.
+    pub offset: usize,
+    /// Bytes.
+    pub len: usize,
+}
+
 /// A running fault server (see the [module documentation](super)). Dropping it shuts it down.
 pub struct Server {
     shared: Arc<Shared>,
@@ -573,6 +639,84 @@ impl Server {
         WorkingSet::from_entries(entries)
     }
 
+    /// The pages written since the server started or since the last call, as ranges of
+    /// regions, and re-arms tracking for them (get-and-clear): what an incremental snapshot
+    /// writes. Needs [`ServerBuilder::track_dirty`]. With `WP_ASYNC` this is one
+    /// `PAGEMAP_SCAN` (`PM_SCAN_WP_MATCHING`) per region; otherwise the pages the handler
+    /// recorded at write-protect faults, write-protected again here.
+    ///
+    /// A write that races with the call is reported by this call or by the next one, never
+    /// lost. Pages not yet populated are never reported (they hold source data).
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Config`] without dirty tracking; [`ServeError::Uffd`] when the scan or
+    /// the re-protection fails.
+    pub fn dirty_pages(&self) -> Result<Vec<DirtyRange>, ServeError> {
+        let s = &*self.shared;
+        let mut out: Vec<DirtyRange> = Vec::new();
+        let mut push = |region: usize, offset: usize, len: usize| match out.last_mut() {
+            Some(d) if d.region == region && d.offset + d.len == offset => d.len += len,
+            _ => out.push(DirtyRange {
+                region,
+                offset,
+                len,
+            }),
+        };
+        match &s.dirty {
+            None => {
+                return Err(ServeError::Config(
+                    "dirty_pages needs ServerBuilder::track_dirty(true)".into(),
+                ))
+            }
+            Some(Dirty::Async(pagemap)) => {
+                let mut scratch = vec![PageRegion::default(); 256];
+                for (ri, r) in s.regions.iter().enumerate() {
+                    let base = r.base.load(Ordering::Acquire);
+                    let mut failed = None;
+                    pagemap.for_each_written(base, r.len, true, &mut scratch, |pr| {
+                        if pr.start() >= base && pr.end() <= base + r.len {
+                            push(ri, pr.start() - base, pr.len());
+                        } else if failed.is_none() {
+                            failed = Some(pr.start());
+                        }
+                    })?;
+                    if let Some(at) = failed {
+                        s.report(&ServeError::Unserved(at));
+                    }
+                }
+            }
+            Some(Dirty::Sync) => {
+                let _faults = s.dirty_lock.lock().unwrap_or_else(PoisonError::into_inner);
+                for (ri, r) in s.regions.iter().enumerate() {
+                    let Some(w) = &r.written else { continue };
+                    let mut p = 0;
+                    while p < w.len() {
+                        if !w[p].swap(false, Ordering::AcqRel) {
+                            p += 1;
+                            continue;
+                        }
+                        let first = p;
+                        p += 1;
+                        while p < w.len() && w[p].swap(false, Ordering::AcqRel) {
+                            p += 1;
+                        }
+                        let len = (p - first) * r.page_size;
+                        if let Err(e) = s.uffd.write_protect(r.addr_of(first), len) {
+                            // Not re-armed: keep them recorded for the next call.
+                            for bit in &w[first..p] {
+                                bit.store(true, Ordering::Release);
+                            }
+                            return Err(e.into());
+                        }
+                        push(ri, first * r.page_size, len);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Why the server stopped serving on its own (source failure under
     /// [`FailurePolicy::Stop`], the monitored process exited, a panic), if it did.
     pub fn halted(&self) -> Option<String> {
@@ -645,6 +789,8 @@ struct Served {
     len: usize,
     page_size: usize,
     states: PageStates,
+    /// Pages written since the last `dirty_pages` (synchronous dirty tracking only).
+    written: Option<Box<[AtomicBool]>>,
     source: Arc<dyn super::PageSource>,
     source_offset: u64,
     _owner: Option<Arc<dyn std::any::Any + Send + Sync>>,
@@ -663,6 +809,14 @@ impl Served {
     fn huge(&self) -> bool {
         self.page_size > crate::page_size()
     }
+}
+
+/// How written pages are found.
+enum Dirty {
+    /// `WP_ASYNC`: writes clear the uffd-wp bit without a fault; `PAGEMAP_SCAN` reads it.
+    Async(PageMap),
+    /// Write-protect faults: the handler records the page and unprotects it.
+    Sync,
 }
 
 /// Which path made pages present (for the statistics).
@@ -693,6 +847,10 @@ struct Shared {
     chunk_max: usize,
     /// A zero huge page, to resolve hugetlb pages with zeros (no `ZEROPAGE` on hugetlb).
     zeros: Option<Box<[u8]>>,
+    /// Dirty tracking, when on.
+    dirty: Option<Dirty>,
+    /// Orders write-protect faults against `dirty_pages` (synchronous tracking).
+    dirty_lock: Mutex<()>,
     stop: AtomicBool,
     stop_fd: OwnedFd,
     /// Pages that still need the source: missing, or claimed from missing.
@@ -826,7 +984,19 @@ impl Shared {
 
     /// Resolves the claimed pages `first..end` of region `ri` from the source, waking the
     /// threads that wait on them. Every claimed page ends resolved, or released and woken.
-    fn fill(&self, ri: usize, first: usize, end: usize, path: Path, bounce: &mut [u8]) {
+    ///
+    /// `write`: a demand fault that writes (installed writable, and counted as written when
+    /// tracking dirty pages); otherwise pages are installed write-protected under dirty
+    /// tracking.
+    fn fill(
+        &self,
+        ri: usize,
+        first: usize,
+        end: usize,
+        path: Path,
+        bounce: &mut [u8],
+        write: bool,
+    ) {
         let r = &self.regions[ri];
         let ps = r.page_size;
         let offset = r.source_offset + (first * ps) as u64;
@@ -848,7 +1018,7 @@ impl Shared {
                     // Narrow the failure down to the pages that fail on their own, so that
                     // one bad page costs one page.
                     for p in first..end {
-                        self.fill(ri, p, p + 1, path, bounce);
+                        self.fill(ri, p, p + 1, path, bounce, write);
                     }
                     return;
                 }
@@ -870,14 +1040,19 @@ impl Shared {
         }
         let len = (end - first) * ps;
         let dst = r.addr_of(first);
-        let res = if zero {
-            // SAFETY: `dst..dst+len` lies in a served region, claimed by this thread; the
-            // region's builder vouched that the server may define its contents.
-            unsafe { self.uffd.zeropage(dst, len, true) }
+        let mode = if self.dirty.is_some() && !write {
+            CopyMode::WP
         } else {
-            // SAFETY: as above; `src` is readable for `len` bytes (a direct view checked by
-            // `at`, or the bounce buffer just filled), and nothing writes it meanwhile.
-            unsafe { self.uffd.copy(src.cast(), dst, len, true) }
+            CopyMode::empty()
+        };
+        let res = if zero {
+            self.zero(r, dst, len, mode)
+        } else {
+            // SAFETY: `dst..dst+len` lies in a served region, claimed by this thread (the
+            // region's builder vouched that the server may define its contents); `src` is
+            // readable for `len` bytes (a direct view checked by `at`, or the bounce buffer
+            // just filled), and nothing writes it meanwhile.
+            unsafe { self.uffd.copy_with_mode(src.cast(), dst, len, mode) }
         };
         drop(_guard);
         match res {
@@ -888,6 +1063,9 @@ impl Shared {
                     Counters::add(&self.counters.pages_zero, (end - first) as u64);
                 } else {
                     Counters::add(&self.counters.bytes_copied, len as u64);
+                }
+                if write {
+                    self.mark_written(ri, first, end);
                 }
                 self.resolved(ri, first, end, path);
             }
@@ -998,7 +1176,7 @@ impl Shared {
             // SAFETY: claimed pages of a served region, whose contents (and traps) the region's
             // builder entitled the server to define.
             FailurePolicy::Poison => unsafe { self.uffd.poison(dst, len, true) },
-            FailurePolicy::ZeroFill => self.zero(r, dst, len),
+            FailurePolicy::ZeroFill => self.zero(r, dst, len, self.install_mode()),
             FailurePolicy::Stop => {
                 drop(_guard);
                 self.release(ri, first, end);
@@ -1026,25 +1204,94 @@ impl Shared {
         }
     }
 
-    /// Zero pages over `len` bytes at `dst` (copied from a zero page on hugetlb).
-    fn zero(&self, r: &Served, dst: *mut c_void, len: usize) -> crate::Result<usize> {
-        match (&self.zeros, r.huge()) {
-            (Some(z), true) => {
+    /// Zeros over `len` bytes at `dst`: zero pages, or copies of a zero buffer where
+    /// `UFFDIO_ZEROPAGE` cannot serve (hugetlb, and write-protected installs, `mode` `WP`).
+    fn zero(
+        &self,
+        r: &Served,
+        dst: *mut c_void,
+        len: usize,
+        mode: CopyMode,
+    ) -> crate::Result<usize> {
+        match &self.zeros {
+            Some(z) if r.huge() || mode.contains(CopyMode::WP) => {
+                let step = z.len() / r.page_size * r.page_size;
                 let mut done = 0;
                 while done < len {
-                    let n = r.page_size.min(z.len());
-                    // SAFETY: a claimed page of a served region (see `fill`); `z` is
-                    // readable for `n` bytes.
-                    unsafe {
-                        self.uffd
-                            .copy(z.as_ptr().cast(), dst.wrapping_byte_add(done), n, true)?
+                    let n = step.min(len - done);
+                    // SAFETY: a claimed range of a served region (see `fill`); `z` is
+                    // readable for `n <= z.len()` bytes.
+                    let r = unsafe {
+                        self.uffd.copy_with_mode(
+                            z.as_ptr().cast(),
+                            dst.wrapping_byte_add(done),
+                            n,
+                            mode,
+                        )
                     };
-                    done += n;
+                    match r {
+                        Ok(_) => done += n,
+                        Err(e) if done == 0 => return Err(e),
+                        Err(e) => {
+                            return Err(Error::PartialProgress {
+                                op: crate::Operation::Copy,
+                                done: done + e.bytes_done(),
+                                len,
+                                errno: e.errno().unwrap_or(Errno::EAGAIN),
+                            })
+                        }
+                    }
                 }
                 Ok(len)
             }
             // SAFETY: a claimed range of a served region (see `fill`).
             _ => unsafe { self.uffd.zeropage(dst, len, true) },
+        }
+    }
+
+    /// The install mode of pages not written by their demand fault.
+    fn install_mode(&self) -> CopyMode {
+        if self.dirty.is_some() {
+            CopyMode::WP
+        } else {
+            CopyMode::empty()
+        }
+    }
+
+    /// Records pages as written (synchronous dirty tracking).
+    fn mark_written(&self, ri: usize, first: usize, end: usize) {
+        if let Some(w) = &self.regions[ri].written {
+            for p in first..end {
+                w[p].store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// A write-protect fault (synchronous dirty tracking): record the page, then unprotect
+    /// and wake, under the lock `dirty_pages` holds, so that a scan sees either neither or
+    /// both (never a writable page it does not know of); the writer resumes only once its
+    /// page is recorded.
+    fn write_fault(&self, addr: usize) {
+        let Some((ri, page)) = self.region_of(addr) else {
+            self.report(&ServeError::Unserved(addr));
+            return;
+        };
+        let r = &self.regions[ri];
+        Counters::add(&self.counters.wp_faults, 1);
+        let _scan = self
+            .dirty_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.mark_written(ri, page, page + 1);
+        match self
+            .uffd
+            .remove_write_protection(r.addr_of(page), r.page_size, true)
+        {
+            Ok(()) => {}
+            Err(e) => {
+                self.report(&ServeError::Uffd(e));
+                let _ = self.uffd.wake(r.addr_of(page), r.page_size);
+            }
         }
     }
 
@@ -1055,7 +1302,7 @@ impl Shared {
         if r.states.get(page) != CLAIMED_ZERO {
             return;
         }
-        match self.zero(r, r.addr_of(page), r.page_size) {
+        match self.zero(r, r.addr_of(page), r.page_size, self.install_mode()) {
             Ok(_) | Err(Error::AlreadyMapped { .. }) => {
                 r.states.cas(page, CLAIMED_ZERO, PRESENT);
                 Counters::add(&self.counters.pages_removed_zero, 1);
@@ -1144,7 +1391,7 @@ struct Readahead {
 
 fn handler_loop(s: &Shared, ready: &dyn Fn()) {
     let mut buf = EventBuffer::new(64);
-    let mut faults: Vec<(usize, Instant)> = Vec::with_capacity(64);
+    let mut faults: Vec<(usize, ReadWrite, Instant)> = Vec::with_capacity(64);
     let mut bounce = vec![0u8; s.chunk_max];
     // The thread's name and its first use of thread-locals may allocate: get them done now.
     let _ = thread::current().name().map(str::len);
@@ -1205,8 +1452,13 @@ fn handler_loop(s: &Shared, ready: &dyn Fn()) {
                     let now = Instant::now();
                     for ev in events {
                         match ev {
-                            Ok(Event::Pagefault { addr, .. }) => {
-                                faults.push((addr as usize, now));
+                            Ok(Event::Pagefault {
+                                kind: FaultKind::WriteProtected,
+                                addr,
+                                ..
+                            }) => s.write_fault(addr as usize),
+                            Ok(Event::Pagefault { addr, rw, .. }) => {
+                                faults.push((addr as usize, rw, now));
                             }
                             Ok(other) => s.apply_event(other),
                             Err(e) => s.report(&ServeError::Uffd(e)),
@@ -1227,11 +1479,11 @@ fn handler_loop(s: &Shared, ready: &dyn Fn()) {
         s.demand_busy.fetch_add(1, Ordering::AcqRel);
         Counters::add(&s.counters.demand_faults, faults.len() as u64);
         // Every faulting page first, then the chunks around them.
-        for &(addr, t0) in &faults {
-            demand(s, addr, t0, &mut bounce);
+        for &(addr, rw, t0) in &faults {
+            demand(s, addr, rw, t0, &mut bounce);
         }
         if s.prefetch != 0 {
-            for &(addr, _) in &faults {
+            for &(addr, _, _) in &faults {
                 prefetch(s, addr, &mut ra, &mut bounce);
             }
         }
@@ -1240,7 +1492,7 @@ fn handler_loop(s: &Shared, ready: &dyn Fn()) {
     }
 }
 
-fn demand(s: &Shared, addr: usize, t0: Instant, bounce: &mut [u8]) {
+fn demand(s: &Shared, addr: usize, rw: ReadWrite, t0: Instant, bounce: &mut [u8]) {
     let Some((ri, page)) = s.region_of(addr) else {
         s.report(&ServeError::Unserved(addr));
         return;
@@ -1251,7 +1503,14 @@ fn demand(s: &Shared, addr: usize, t0: Instant, bounce: &mut [u8]) {
             if let Some(rec) = &s.recorder {
                 rec.record(ri, page);
             }
-            s.fill(ri, page, page + 1, Path::Demand, bounce);
+            s.fill(
+                ri,
+                page,
+                page + 1,
+                Path::Demand,
+                bounce,
+                rw == ReadWrite::Write,
+            );
             s.counters.latency.record(t0.elapsed());
         }
         REMOVED if r.states.cas(page, REMOVED, CLAIMED_ZERO) => {
@@ -1278,7 +1537,7 @@ fn fill_missing(s: &Shared, ri: usize, start: usize, end: usize, path: Path, bou
             p = first + 1;
             continue;
         }
-        s.fill(ri, first, stop, path, bounce);
+        s.fill(ri, first, stop, path, bounce, false);
         p = stop;
     }
 }
@@ -1372,7 +1631,7 @@ fn background_loop(s: &Shared, me: usize, of: usize, ready: &dyn Fn()) {
                         p = first + 1;
                         continue;
                     }
-                    s.fill(ri, first, stop, Path::Background, &mut bounce);
+                    s.fill(ri, first, stop, Path::Background, &mut bounce, false);
                     copied += ((stop - first) * r.page_size) as u64;
                     progress = true;
                     p = stop;

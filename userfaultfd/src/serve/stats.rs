@@ -111,6 +111,7 @@ pub(crate) struct Counters {
     pub source_errors: AtomicU64,
     pub pages_failed: AtomicU64,
     pub events: AtomicU64,
+    pub wp_faults: AtomicU64,
     pub populated_ns: AtomicU64,
     pub latency: Histogram,
 }
@@ -132,6 +133,7 @@ impl Counters {
             source_errors: AtomicU64::new(0),
             pages_failed: AtomicU64::new(0),
             events: AtomicU64::new(0),
+            wp_faults: AtomicU64::new(0),
             populated_ns: AtomicU64::new(0),
             latency: Histogram::new(),
         }
@@ -159,6 +161,7 @@ impl Counters {
             source_errors: g(&self.source_errors),
             pages_failed: g(&self.pages_failed),
             events: g(&self.events),
+            wp_faults: g(&self.wp_faults),
             time_to_populated: (populated != 0).then(|| Duration::from_nanos(populated)),
             latency: self.latency.summary(),
         }
@@ -199,6 +202,8 @@ pub struct Stats {
     pub pages_failed: u64,
     /// Non-cooperative events read (REMOVE, UNMAP, REMAP, FORK).
     pub events: u64,
+    /// Write-protect faults resolved (synchronous dirty tracking).
+    pub wp_faults: u64,
     /// From `start()` to the moment every page of every region was present, once reached.
     pub time_to_populated: Option<Duration>,
     /// Demand-fault latency, read to wake.
