@@ -1,0 +1,463 @@
+//! `restore-bench`: how fast a memory image gets usable, and fully present, when it is restored
+//! eagerly, mapped, served naively with userfaultfd, or served by the `userfaultfd::serve`
+//! runtime.
+//!
+//! ```text
+//! cargo run --release -p examples --bin restore-bench -- [--mib N] [--working-set PCT]
+//!     [--threads T] [--source-mbps M] [--source-latency-us L] [--repeat R] [--json] [MODE...]
+//! ```
+//!
+//! The image is a file of N MiB (default 256) in the temporary directory (removed at exit):
+//! pattern pages, about one page in eight all zero. Its page cache is warmed before every run,
+//! so unthrottled runs measure memory and fault handling, not the disk. A workload of T threads
+//! (default 2) then reads the first word of PCT % of the pages (default 25; a fixed random
+//! order split among the threads: a restored program touching its working set), then of every
+//! page (each thread a contiguous share, sequentially: the rest of memory).
+//!
+//! The modes, run in the order given (default `eager mmap naive serve serve-replay`),
+//! `--repeat R` times
+//! round-robin:
+//!
+//! - `eager`: what a restore without userfaultfd does. T threads `pread` the whole image into
+//!   fresh anonymous memory, then the workload runs. Nothing runs until everything is loaded:
+//!   the time to first touch is the whole load.
+//! - `mmap`: the file mapped `MAP_PRIVATE`, so the kernel's own page-cache faults (with their
+//!   fault-around) populate it. A reference for the cheapest lazy population there is; it is
+//!   not a restore into anonymous memory (the pages stay the page cache's until written).
+//! - `naive`: the hand-written userfaultfd handler every project starts with (as
+//!   `lazy-restore`): one thread, one `pread` and one `UFFDIO_COPY`/`UFFDIO_ZEROPAGE` per
+//!   fault, no prefetch, no background fill. Its region is populated when the workload has
+//!   touched every page.
+//! - `serve`: the `userfaultfd::serve` runtime with its defaults (prefetch around faults,
+//!   background fill), over `MappedFileSource` (copied straight from the page cache), or over
+//!   `FileSource` behind the throttle. Populated when `wait_populated` returned and the
+//!   workload ended. The run records its working set (the order of its demand faults).
+//! - `serve-replay`: as `serve`, replaying the working set the latest `serve` run recorded
+//!   (it needs one before it): the recorded chunks are copied first, in demand order, before
+//!   background fill. This is what a platform that restores the same snapshot many times does;
+//!   it pays off when the source is slow.
+//!
+//! `--source-mbps M` and `--source-latency-us L` throttle every read of the image (a shared
+//! link of M MB/s, and L µs per request) to stand for a disk or a network peer: the `eager`
+//! preads, the `naive` handler's reads and the server's (the throttled source has no direct
+//! view, so the server reads into its buffers). `mmap` is never throttled.
+//!
+//! Figures, measured from the moment the region is ready (registered or served; for `eager`,
+//! before the load starts): `first_touch_us` (the workload's first access completed),
+//! `working_set_ms` (every thread done with its working set), `populated_ms` (every page
+//! present), `demand_faults` (fault messages handled: 0 for eager and mmap) and `gbps` (image
+//! bytes per nanosecond of `populated_ms`). Then every byte of the region is compared with the
+//! image. One line per run:
+//! `mode=NAME first_touch_us=A working_set_ms=B populated_ms=C demand_faults=D gbps=E verify=ok`
+//! (`--json`: one JSON object per line with the same keys); a run that fails prints
+//! `mode=NAME verify=FAILED: reason` and the program exits with status 1 at the end. With
+//! `--repeat` above 1 the median of each figure per mode follows
+//! (`median mode=NAME runs=K ...`). Details of each `serve` run's statistics (pages by path,
+//! fault latency) go to stderr, with the setup.
+
+mod modes;
+mod source;
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use examples::{fill_page, is_zero_page, page_size, Args, EXIT_FAILURE};
+use mmap::MemoryMapping;
+
+use modes::{Figures, Outcome, Plan};
+use source::Throttle;
+
+const USAGE: &str = "\
+usage: restore-bench [--mib N] [--working-set PCT] [--threads T] [--source-mbps M]
+                     [--source-latency-us L] [--repeat R] [--json] [MODE...]
+
+Restores an N MiB image and runs a workload on it, per mode, timing how soon it is usable
+and fully present; then verifies every byte.
+
+  --mib N                image size (default 256)
+  --working-set PCT      share of the pages the workload touches first, in random order
+                         (default 25)
+  --threads T            workload threads, and eager loader threads (default 2)
+  --source-mbps M        throttle every image read to M MB/s (shared)
+  --source-latency-us L  ... and to L microseconds per request
+  --repeat R             run the modes R times, alternating, and print medians (default 1)
+  --json                 one JSON object per line
+modes: eager mmap naive serve serve-replay (default: all, in this order; serve-replay
+replays the working set the latest serve run recorded)";
+
+const MODES: [&str; 5] = ["eager", "mmap", "naive", "serve", "serve-replay"];
+const SEED: u64 = 0x1_3a6e_5eed;
+
+/// The command line.
+struct Config {
+    mib: usize,
+    working_set: usize,
+    threads: usize,
+    source_mbps: Option<u64>,
+    source_latency_us: Option<u64>,
+    repeat: usize,
+    json: bool,
+    modes: Vec<&'static str>,
+}
+
+fn parse() -> Config {
+    let mut args = Args::from_env(USAGE);
+    let mut c = Config {
+        mib: 256,
+        working_set: 25,
+        threads: 2,
+        source_mbps: None,
+        source_latency_us: None,
+        repeat: 1,
+        json: false,
+        modes: Vec::new(),
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--mib" => c.mib = args.value_in("--mib", 1, 1 << 16),
+            "--working-set" => c.working_set = args.value_in("--working-set", 0, 100),
+            "--threads" => c.threads = args.value_in("--threads", 1, 64),
+            "--source-mbps" => c.source_mbps = Some(args.value_in("--source-mbps", 1, 1 << 30)),
+            "--source-latency-us" => {
+                c.source_latency_us = Some(args.value_in("--source-latency-us", 0, 10_000_000))
+            }
+            "--repeat" => c.repeat = args.value_in("--repeat", 1, 1000),
+            "--json" => c.json = true,
+            m if !m.starts_with('-') => match MODES.iter().find(|&&n| n == m) {
+                Some(&n) => c.modes.push(n),
+                None => args.usage_error(&format!("unknown mode {m:?}")),
+            },
+            _ => args.unknown(&a),
+        }
+    }
+    if c.modes.is_empty() {
+        c.modes.extend(MODES);
+    }
+    let first_serve = c.modes.iter().position(|&m| m == "serve");
+    let first_replay = c.modes.iter().position(|&m| m == "serve-replay");
+    if let Some(r) = first_replay {
+        if first_serve.map_or(true, |s| s > r) {
+            args.usage_error("serve-replay replays what a serve run recorded: put serve before it");
+        }
+    }
+    c
+}
+
+/// What every mode run shares.
+pub struct Setup {
+    /// The image file.
+    pub path: PathBuf,
+    /// Its length in bytes (whole pages).
+    pub len: usize,
+    /// The workload.
+    pub plan: Arc<Plan>,
+    /// The throttle of image reads, if any.
+    pub throttle: Option<Arc<Throttle>>,
+    /// How long a mode's workload may take before the mode counts as stuck.
+    pub deadline: Duration,
+    /// The working set the latest `serve` run recorded, for `serve-replay`.
+    pub recorded: std::sync::Mutex<Option<userfaultfd::serve::WorkingSet>>,
+}
+
+/// Removes the image when the program ends, however `main` returns (or unwinds).
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes the image: `pages` pattern pages (about one in eight all zero).
+fn write_image(path: &PathBuf, pages: usize) -> std::io::Result<usize> {
+    let ps = page_size();
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let mut page = vec![0u8; ps];
+    let mut zeros = 0;
+    for i in 0..pages as u64 {
+        fill_page(SEED, i, &mut page);
+        zeros += usize::from(is_zero_page(SEED, i));
+        w.write_all(&page)?;
+    }
+    w.flush()?;
+    Ok(zeros)
+}
+
+/// Reads the whole image once, so its page cache is warm.
+fn warm_page_cache(path: &PathBuf) -> std::io::Result<()> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    while f.read(&mut buf)? > 0 {}
+    Ok(())
+}
+
+/// Touches and frees `2 * len` bytes of anonymous memory, so the run's fresh memory is not the
+/// first this process takes back from the host (this VM returns idle memory to its host, and
+/// first touches of reclaimed memory cost several times more).
+fn warm_memory(len: usize) -> Result<(), String> {
+    let m = MemoryMapping::new_private(2 * len).map_err(|e| e.to_string())?;
+    let ps = page_size();
+    for off in (0..2 * len).step_by(ps) {
+        m.write_obj(1u8, off).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Compares every byte of `memory` with the image.
+fn verify(memory: &MemoryMapping, path: &PathBuf, len: usize) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let chunk = 1 << 20;
+    let mut want = vec![0u8; chunk];
+    let mut got = vec![0u8; chunk];
+    let mut off = 0;
+    while off < len {
+        let n = chunk.min(len - off);
+        file.read_exact_at(&mut want[..n], off as u64)
+            .map_err(|e| format!("reading the image at {off}: {e}"))?;
+        memory
+            .read_slice(&mut got[..n], off)
+            .map_err(|e| e.to_string())?;
+        if let Some(i) = want[..n].iter().zip(&got[..n]).position(|(a, b)| a != b) {
+            return Err(format!(
+                "byte {} (page {}) is {:#04x}, the image has {:#04x}",
+                off + i,
+                (off + i) / page_size(),
+                got[i],
+                want[i]
+            ));
+        }
+        off += n;
+    }
+    Ok(())
+}
+
+fn run_mode(mode: &str, setup: &Setup) -> Result<Outcome, String> {
+    warm_memory(setup.len)?;
+    warm_page_cache(&setup.path).map_err(|e| format!("warming the page cache: {e}"))?;
+    let outcome = match mode {
+        "eager" => modes::eager(setup),
+        "mmap" => modes::mmap(setup),
+        "naive" => modes::naive(setup),
+        "serve" => modes::serve(setup, false),
+        "serve-replay" => modes::serve(setup, true),
+        _ => unreachable!("modes are checked when parsing"),
+    }?;
+    verify(&outcome.memory, &setup.path, setup.len)?;
+    Ok(outcome)
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The figures as `(key, value)` pairs, in output order.
+fn fields(f: &Figures) -> [(&'static str, String); 5] {
+    [
+        ("first_touch_us", format!("{:.1}", f.first_touch_us)),
+        ("working_set_ms", format!("{:.3}", f.working_set_ms)),
+        ("populated_ms", format!("{:.3}", f.populated_ms)),
+        ("demand_faults", f.demand_faults.to_string()),
+        ("gbps", format!("{:.3}", f.gbps)),
+    ]
+}
+
+/// Prints one line: leading `(key, value)` pairs (values already JSON where `json`), the
+/// figures, then trailing pairs.
+fn print_line(
+    json: bool,
+    lead: &[(&str, String)],
+    figures: Option<&Figures>,
+    tail: &[(&str, String)],
+) {
+    let figs = figures.map(fields);
+    let all = lead
+        .iter()
+        .cloned()
+        .chain(figs.into_iter().flatten())
+        .chain(tail.iter().cloned());
+    let line = if json {
+        let parts: Vec<String> = all.map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        format!("{{{}}}", parts.join(","))
+    } else {
+        let parts: Vec<String> = all.map(|(k, v)| format!("{k}={v}")).collect();
+        parts.join(" ")
+    };
+    println!("{line}");
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn print_medians(json: bool, results: &[(&'static str, Vec<Figures>)]) {
+    for (mode, runs) in results {
+        if runs.is_empty() {
+            continue;
+        }
+        let m = |f: fn(&Figures) -> f64| median(runs.iter().map(f).collect());
+        let figures = Figures {
+            first_touch_us: m(|f| f.first_touch_us),
+            working_set_ms: m(|f| f.working_set_ms),
+            populated_ms: m(|f| f.populated_ms),
+            demand_faults: m(|f| f.demand_faults as f64).round() as u64,
+            gbps: m(|f| f.gbps),
+        };
+        let runs = ("runs", runs.len().to_string());
+        if json {
+            let lead = [("median", "true".into()), ("mode", json_string(mode)), runs];
+            print_line(true, &lead, Some(&figures), &[]);
+        } else {
+            // `median mode=NAME runs=K ...`: the bare first word marks the line.
+            print!("median ");
+            print_line(
+                false,
+                &[("mode", mode.to_string()), runs],
+                Some(&figures),
+                &[],
+            );
+        }
+    }
+}
+
+fn run(cfg: &Config) -> Result<bool, String> {
+    let ps = page_size();
+    let pages = (cfg.mib << 20) / ps;
+    let len = pages * ps;
+    let throttled = cfg.source_mbps.is_some() || cfg.source_latency_us.is_some();
+    if throttled {
+        // Throttle sleeps are tens of microseconds: without this, each would oversleep by the
+        // default 50 µs timer slack. Threads started later (the server's) inherit it.
+        // SAFETY: PR_SET_TIMERSLACK takes an integer and changes only this thread's timer
+        // slack; no memory is passed.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    }
+    let path = std::env::temp_dir().join(format!("restore-bench-{}.img", std::process::id()));
+    let _cleanup = TempFile(path.clone());
+    let t = Instant::now();
+    let zeros = write_image(&path, pages).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!(
+        "image: {} ({} MiB, {pages} pages, {zeros} all-zero), written in {:.2} s",
+        path.display(),
+        len >> 20,
+        t.elapsed().as_secs_f64()
+    );
+    let latency = Duration::from_micros(cfg.source_latency_us.unwrap_or(0));
+    let throttle = throttled.then(|| Arc::new(Throttle::new(cfg.source_mbps, latency)));
+    // Generous: 2 minutes, plus twice what the naive handler needs for every page through the
+    // throttle.
+    let per_page = latency
+        + cfg.source_mbps.map_or(Duration::ZERO, |m| {
+            Duration::from_secs_f64(ps as f64 / (m as f64 * 1e6))
+        });
+    let deadline = Duration::from_secs(120) + 2 * per_page * pages as u32;
+    match &throttle {
+        Some(_) => eprintln!(
+            "source: throttled to {} and {} µs per request",
+            cfg.source_mbps
+                .map_or("unlimited MB/s".into(), |m| format!("{m} MB/s")),
+            latency.as_micros()
+        ),
+        None => eprintln!("source: the page cache, unthrottled"),
+    }
+    let setup = Setup {
+        path,
+        len,
+        plan: Arc::new(Plan::new(pages, cfg.working_set, cfg.threads)),
+        throttle,
+        deadline,
+        recorded: std::sync::Mutex::new(None),
+    };
+
+    let mut ok = true;
+    let mut results: Vec<(&'static str, Vec<Figures>)> = Vec::new();
+    for &m in &cfg.modes {
+        if !results.iter().any(|(n, _)| *n == m) {
+            results.push((m, Vec::new()));
+        }
+    }
+    let mode_value = |m: &str| {
+        if cfg.json {
+            json_string(m)
+        } else {
+            m.to_string()
+        }
+    };
+    for round in 0..cfg.repeat {
+        for &mode in &cfg.modes {
+            match run_mode(mode, &setup) {
+                Ok(o) => {
+                    let verify = if cfg.json {
+                        json_string("ok")
+                    } else {
+                        "ok".into()
+                    };
+                    print_line(
+                        cfg.json,
+                        &[("mode", mode_value(mode))],
+                        Some(&o.figures),
+                        &[("verify", verify)],
+                    );
+                    if let Some(d) = &o.detail {
+                        eprintln!("{mode} run {}: {d}", round + 1);
+                    }
+                    if let Some((_, v)) = results.iter_mut().find(|(n, _)| *n == mode) {
+                        v.push(o.figures);
+                    }
+                }
+                Err(e) => {
+                    ok = false;
+                    let verify = format!("FAILED: {e}");
+                    let verify = if cfg.json {
+                        json_string(&verify)
+                    } else {
+                        verify
+                    };
+                    print_line(
+                        cfg.json,
+                        &[("mode", mode_value(mode))],
+                        None,
+                        &[("verify", verify)],
+                    );
+                }
+            }
+        }
+    }
+    if cfg.repeat > 1 {
+        print_medians(cfg.json, &results);
+    }
+    Ok(ok)
+}
+
+fn main() -> ExitCode {
+    let cfg = parse();
+    match run(&cfg) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_FAILURE),
+        Err(e) => {
+            eprintln!("restore-bench: FAILED: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
