@@ -352,6 +352,31 @@ pub fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
 }
 
+/// A file removed when this value is dropped, however the program ends (return or unwind).
+pub struct TempFile(pub std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes `pages` pattern pages of `seed` ([`fill_page`]; about one in eight all zero) to a new
+/// file at `path`; returns how many are all zero.
+pub fn write_pattern_file(path: &std::path::Path, pages: usize, seed: u64) -> io::Result<usize> {
+    use std::io::Write;
+    let mut w = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut page = vec![0u8; page_size()];
+    let mut zeros = 0;
+    for i in 0..pages as u64 {
+        fill_page(seed, i, &mut page);
+        zeros += usize::from(is_zero_page(seed, i));
+        w.write_all(&page)?;
+    }
+    w.flush()?;
+    Ok(zeros)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

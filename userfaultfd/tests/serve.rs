@@ -6,15 +6,13 @@
 mod common;
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::{ps, Map, TIMEOUT, TIMEOUT_MS};
+use common::{ps, Map, TIMEOUT};
 use mmap::MemoryMapping;
 use userfaultfd::serve::{
     FailurePolicy, MemorySource, PageSource, Region, ServeError, Server, ServerBuilder,
@@ -277,36 +275,6 @@ fn failing(pages: usize, page: usize, bad_page: usize) -> Arc<Failing> {
 /// Set in a re-executed child: the name of the case to run there.
 const CHILD_ENV: &str = "UFFD_SERVE_CHILD";
 
-/// Runs test `name` of this binary in a child with [`CHILD_ENV`] set; returns its status and
-/// output, failing after [`TIMEOUT`].
-fn run_child(name: &str) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, name)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-    assert!(pidfd >= 0, "pidfd_open: {}", io::Error::last_os_error());
-    // SAFETY: a new descriptor owned by nobody else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    if common::poll_in(&pidfd, TIMEOUT_MS) == 0 {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("child case {name} did not finish within {TIMEOUT:?}");
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status, text)
-}
-
 #[test]
 fn a_failed_source_read_poisons_the_page() {
     const NAME: &str = "a_failed_source_read_poisons_the_page";
@@ -331,14 +299,14 @@ fn a_failed_source_read_poisons_the_page() {
         .unwrap();
     // Good pages are served...
     assert_eq!(m.read_obj::<u8>(8 * page).unwrap(), byte_of(8));
-    if std::env::var(CHILD_ENV).as_deref() == Ok(NAME) {
+    if common::is_child(CHILD_ENV, NAME) {
         // ...and touching the bad one raises SIGBUS instead of hanging. (The child has its own
         // server: this whole test body ran again in it.)
         let _ = m.read_obj::<u8>(9 * page);
         println!("CHILD READ A PAGE WHOSE SOURCE FAILED");
         std::process::exit(3);
     }
-    let (status, out) = run_child(NAME);
+    let (status, out) = common::run_child(CHILD_ENV, NAME);
     assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}\n{out}");
     // Here nobody asked for page 9 (no prefetch, no background fill): no error yet.
     drop(server);

@@ -9,15 +9,14 @@
 
 mod common;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
 
-use common::{fd_is_open, next_fault, ps, recv, Map, TIMEOUT, TIMEOUT_MS};
+use common::{fd_is_open, next_fault, ps, recv, Map, TIMEOUT};
 use mmap::MemoryMapping;
 use userfaultfd::{
     Error, Event, FaultKind, FeatureFlags, IoctlFlags, Operation, RegisterMode, Uffd, UffdBuilder,
@@ -25,46 +24,6 @@ use userfaultfd::{
 
 /// Set in a re-executed child: the name of the case to run there.
 const CHILD_ENV: &str = "UFFD_SOUNDNESS_CHILD";
-
-/// Runs the test `name` of this binary in a child process with [`CHILD_ENV`] set to `name`, and
-/// returns its exit status and output. Fails the test if the child runs longer than [`TIMEOUT`].
-fn run_child(name: &str) -> (std::process::ExitStatus, String) {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut child = Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, name)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the test binary");
-    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-    assert!(
-        pidfd >= 0,
-        "pidfd_open: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a new descriptor owned by nobody else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    if common::poll_in(&pidfd, TIMEOUT_MS) == 0 {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("child case {name} did not finish within {TIMEOUT:?}");
-    }
-    let out = child.wait_with_output().expect("child output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status, text)
-}
-
-/// Whether this process is the child for case `name`.
-fn is_child(name: &str) -> bool {
-    std::env::var(CHILD_ENV).as_deref() == Ok(name)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Item 1: a forged FORK message cannot make the crate close a descriptor it does not own.
@@ -131,14 +90,14 @@ fn poison_region_is_safe_over_an_owned_mapping_and_traps_there() {
         ),
         "{e:?}"
     );
-    if is_child(NAME) {
+    if common::is_child(CHILD_ENV, NAME) {
         // Reading the poisoned page through the mapping's own accessor traps: the owner's
         // choice, on memory no Rust reference points into.
         let _ = mem.read_obj::<u8>(ps);
         println!("CHILD READ THE POISONED PAGE WITHOUT A SIGNAL");
         std::process::exit(3);
     }
-    let (status, out) = run_child(NAME);
+    let (status, out) = common::run_child(CHILD_ENV, NAME);
     assert_eq!(
         status.signal(),
         Some(libc::SIGBUS),
@@ -181,13 +140,13 @@ fn sigbus_feature_refuses_raw_registration() {
     unsafe { uffd.register_unchecked(raw.ptr(), ps, RegisterMode::MISSING) }.unwrap();
     uffd.unregister(raw.ptr(), ps).unwrap();
 
-    if is_child(NAME) {
+    if common::is_child(CHILD_ENV, NAME) {
         // What the refusal prevents: a missing page of a SIGBUS registration traps.
         let _ = mem.read_obj::<u8>(0);
         println!("CHILD READ A MISSING SIGBUS PAGE WITHOUT A SIGNAL");
         std::process::exit(3);
     }
-    let (status, out) = run_child(NAME);
+    let (status, out) = common::run_child(CHILD_ENV, NAME);
     assert_eq!(
         status.signal(),
         Some(libc::SIGBUS),
@@ -402,8 +361,8 @@ fn auto_falls_back_to_the_syscall_when_the_device_ioctl_is_refused() {
         println!("SKIPPED {NAME}: no /dev/userfaultfd (Linux 6.1) on this machine");
         return;
     }
-    if !is_child(NAME) {
-        let (status, out) = run_child(NAME);
+    if !common::is_child(CHILD_ENV, NAME) {
+        let (status, out) = common::run_child(CHILD_ENV, NAME);
         assert!(status.success(), "child: {status:?}\n{out}");
         assert!(out.contains("FALLBACK OK"), "{out}");
         return;

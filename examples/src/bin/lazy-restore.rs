@@ -12,13 +12,15 @@
 //! all-zero pages) into the temporary directory, removed at exit.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use examples::{check_page, fail, fill_page, finish, mb_per_s, page_size, Args, Rng};
+use examples::{
+    check_page, fail, finish, mb_per_s, page_size, write_pattern_file, Args, Rng, TempFile,
+};
 use mmap::{MemoryMapping, MemoryMappingBuilder};
 use userfaultfd::serve::{MappedFileSource, Region, ServerBuilder};
 use userfaultfd::{Error, Uffd, UffdBuilder};
@@ -67,32 +69,6 @@ fn parse() -> Config {
     cfg
 }
 
-/// Removes the generated snapshot when the program ends, however it ends.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Writes a snapshot of `pages` pattern pages; returns the number of zero pages.
-fn write_snapshot(path: &PathBuf, pages: usize) -> std::io::Result<usize> {
-    let ps = page_size();
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
-    let mut page = vec![0u8; ps];
-    let mut zeros = 0;
-    for i in 0..pages as u64 {
-        fill_page(SEED, i, &mut page);
-        if examples::is_zero_page(SEED, i) {
-            zeros += 1;
-        }
-        w.write_all(&page)?;
-    }
-    w.flush()?;
-    Ok(zeros)
-}
-
 fn create_uffd() -> Result<Uffd, Error> {
     let mut b = UffdBuilder::new();
     b.non_blocking(true);
@@ -121,7 +97,7 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
             _cleanup = TempFile(p.clone());
             let pages = cfg.size_mib.unwrap_or(256) * (1 << 20) / ps;
             let t = Instant::now();
-            let zeros = write_snapshot(&p, pages)?;
+            let zeros = write_pattern_file(&p, pages, SEED)?;
             println!(
                 "snapshot: {} ({} MiB, {pages} pages, {zeros} all-zero), written in {:.2} s",
                 p.display(),

@@ -338,3 +338,46 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 pub fn page_of(v: u8, n: usize) -> Vec<u8> {
     vec![v; n]
 }
+
+/// Runs test `name` of this test binary again in a child process, with the environment
+/// variable `env` set to `name` (the test then knows it is the child: [`is_child`]); returns
+/// the child's exit status and its output. Fails the test if the child runs longer than
+/// [`TIMEOUT`] (waiting on a pidfd). For cases that must watch a process die of a signal, or
+/// change process-wide state such as a seccomp filter.
+pub fn run_child(env: &str, name: &str) -> (std::process::ExitStatus, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(std::env::current_exe().expect("current_exe"))
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(env, name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the test binary");
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a new descriptor owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    if poll_in(&pidfd, TIMEOUT_MS) == 0 {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("child case {name} did not finish within {TIMEOUT:?}");
+    }
+    let out = child.wait_with_output().expect("child output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
+/// Whether this process is the child [`run_child`] started for test `name`.
+pub fn is_child(env: &str, name: &str) -> bool {
+    std::env::var(env).as_deref() == Ok(name)
+}

@@ -59,14 +59,14 @@ mod modes;
 mod source;
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use examples::{fill_page, is_zero_page, page_size, Args, EXIT_FAILURE};
+use examples::{page_size, write_pattern_file, Args, TempFile, EXIT_FAILURE};
 use mmap::MemoryMapping;
 
 use modes::{Figures, Outcome, Plan};
@@ -162,30 +162,6 @@ pub struct Setup {
     pub deadline: Duration,
     /// The working set the latest `serve` run recorded, for `serve-replay`.
     pub recorded: std::sync::Mutex<Option<userfaultfd::serve::WorkingSet>>,
-}
-
-/// Removes the image when the program ends, however `main` returns (or unwinds).
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Writes the image: `pages` pattern pages (about one in eight all zero).
-fn write_image(path: &PathBuf, pages: usize) -> std::io::Result<usize> {
-    let ps = page_size();
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
-    let mut page = vec![0u8; ps];
-    let mut zeros = 0;
-    for i in 0..pages as u64 {
-        fill_page(SEED, i, &mut page);
-        zeros += usize::from(is_zero_page(SEED, i));
-        w.write_all(&page)?;
-    }
-    w.flush()?;
-    Ok(zeros)
 }
 
 /// Reads the whole image once, so its page cache is warm.
@@ -356,7 +332,8 @@ fn run(cfg: &Config) -> Result<bool, String> {
     let path = std::env::temp_dir().join(format!("restore-bench-{}.img", std::process::id()));
     let _cleanup = TempFile(path.clone());
     let t = Instant::now();
-    let zeros = write_image(&path, pages).map_err(|e| format!("{}: {e}", path.display()))?;
+    let zeros =
+        write_pattern_file(&path, pages, SEED).map_err(|e| format!("{}: {e}", path.display()))?;
     eprintln!(
         "image: {} ({} MiB, {pages} pages, {zeros} all-zero), written in {:.2} s",
         path.display(),
