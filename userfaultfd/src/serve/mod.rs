@@ -61,22 +61,25 @@
 //! # Ok(()) }
 //! ```
 
+mod builder;
 mod error;
 mod file;
 mod region;
 mod server;
+mod shared;
 mod source;
 mod state;
 mod stats;
+mod threads;
 mod working_set;
 
+pub use builder::{
+    FailurePolicy, ServerBuilder, DEFAULT_BACKGROUND_CHUNK, DEFAULT_PREFETCH, MAX_PREFETCH,
+};
 pub use error::ServeError;
 pub use file::{FileSource, MappedFileSource};
 pub use region::Region;
-pub use server::{
-    DirtyRange, FailurePolicy, Server, ServerBuilder, DEFAULT_BACKGROUND_CHUNK, DEFAULT_PREFETCH,
-    MAX_PREFETCH,
-};
+pub use server::{DirtyRange, Server};
 pub use source::{DirectView, MemorySource, PageSource};
 pub use stats::{Latency, Stats};
 pub use working_set::{WorkingSet, WorkingSetError};

@@ -1,0 +1,581 @@
+//! Configuring and starting a server: [`ServerBuilder`], [`FailurePolicy`], the checks of a
+//! configuration, registration, and the start of the threads.
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+use libc::c_void;
+
+use super::error::ServeError;
+use super::region::Region;
+use super::server::Server;
+use super::shared::{Dirty, Served, Shared, Status};
+use super::state::PageStates;
+use super::stats::Counters;
+use super::threads::{background_loop, handler_loop, replay_loop};
+use super::working_set::{Recorder, WorkingSet};
+use crate::{Error, FeatureFlags, PageMap, RegisterMode, Uffd, UffdBuilder};
+
+/// What the server does with pages whose source read failed (an I/O error, a short file, a
+/// peer gone), so that no faulting thread waits forever. The error is reported either way
+/// ([`Stats::source_errors`](super::Stats::source_errors), [`ServerBuilder::on_error`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// `UFFDIO_POISON` the pages (Linux 6.6): a thread touching them gets `SIGBUS`, as with a
+    /// hardware memory error. Where the kernel lacks POISON, the builder's
+    /// [`poison_fallback`](ServerBuilder::poison_fallback) applies. The default.
+    Poison,
+    /// Map zero pages: the program goes on with zeros where the data should be.
+    ZeroFill,
+    /// Stop serving: unregister every region and end the threads. Faulting threads are woken
+    /// and get the kernel's default handling: zero-filled pages for anonymous memory, the
+    /// file's pages for shared memory.
+    Stop,
+}
+
+pub(super) type ErrorCallback = Box<dyn Fn(&ServeError) + Send + Sync>;
+pub(super) type ForkCallback = Box<dyn Fn(Uffd) + Send + Sync>;
+
+/// Configures and starts a [`Server`].
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use userfaultfd::serve::{MemorySource, Region, ServerBuilder};
+/// use userfaultfd::UffdBuilder;
+///
+/// let page = userfaultfd::page_size();
+/// let image: Vec<u8> = (0..64 * page).map(|i| (i / page) as u8).collect();
+/// let memory = Arc::new(mmap::MemoryMapping::new_private(64 * page)?);
+/// let uffd = UffdBuilder::new().user_mode_only(true).create()?;
+/// let server = ServerBuilder::new()
+///     .region(Region::new(memory.clone(), Arc::new(MemorySource::new(image))))
+///     .start(uffd)?;
+/// assert_eq!(memory.read_obj::<u8>(5 * page)?, 5); // faults, served from the image
+/// server.wait_populated(Duration::from_secs(10))?; // background fill did the rest
+/// let stats = server.shutdown()?;
+/// assert_eq!(stats.pages_present(), 64);
+/// # Ok(()) }
+/// ```
+pub struct ServerBuilder {
+    regions: Vec<Region>,
+    handler_threads: usize,
+    prefetch: usize,
+    prefetch_max: usize,
+    background_threads: usize,
+    background_chunk: usize,
+    background_rate: Option<u64>,
+    policy: FailurePolicy,
+    fallback: FailurePolicy,
+    register: bool,
+    stop_when_populated: bool,
+    record: bool,
+    replay: Option<WorkingSet>,
+    track_dirty: bool,
+    pagemap: Option<PageMap>,
+    on_error: Option<ErrorCallback>,
+    on_fork: Option<ForkCallback>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("regions", &self.regions)
+            .field("handler_threads", &self.handler_threads)
+            .field("prefetch", &self.prefetch)
+            .field("prefetch_max", &self.prefetch_max)
+            .field("background_threads", &self.background_threads)
+            .field("background_chunk", &self.background_chunk)
+            .field("background_rate", &self.background_rate)
+            .field("policy", &self.policy)
+            .field("fallback", &self.fallback)
+            .field("register", &self.register)
+            .field("stop_when_populated", &self.stop_when_populated)
+            .field("record", &self.record)
+            .field("replay", &self.replay.as_ref().map(WorkingSet::len))
+            .field("track_dirty", &self.track_dirty)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Default prefetch chunk around a demand fault.
+pub const DEFAULT_PREFETCH: usize = 256 << 10;
+/// Largest prefetch window a run of sequential faults grows to.
+pub const MAX_PREFETCH: usize = 2 << 20;
+/// Default background fill chunk.
+pub const DEFAULT_BACKGROUND_CHUNK: usize = 2 << 20;
+
+impl ServerBuilder {
+    /// A builder with the defaults: one handler thread, prefetch of the 256 KiB-aligned chunk
+    /// around each fault (growing to 2 MiB for sequential faults), one background fill thread
+    /// copying 2 MiB at a time without a rate limit, [`FailurePolicy::Poison`] (falling back
+    /// to [`FailurePolicy::Stop`]), regions registered `MISSING` by the server.
+    pub fn new() -> ServerBuilder {
+        ServerBuilder {
+            regions: Vec::new(),
+            handler_threads: 1,
+            prefetch: DEFAULT_PREFETCH,
+            prefetch_max: MAX_PREFETCH,
+            background_threads: 1,
+            background_chunk: DEFAULT_BACKGROUND_CHUNK,
+            background_rate: None,
+            policy: FailurePolicy::Poison,
+            fallback: FailurePolicy::Stop,
+            register: true,
+            stop_when_populated: false,
+            record: false,
+            replay: None,
+            track_dirty: false,
+            pagemap: None,
+            on_error: None,
+            on_fork: None,
+        }
+    }
+
+    /// Adds a region to serve.
+    pub fn region(mut self, region: Region) -> ServerBuilder {
+        self.regions.push(region);
+        self
+    }
+
+    /// Threads reading faults (default 1, which keeps up with one `UFFDIO_COPY` per fault on
+    /// this workload; more help when the source is slow and faults come from many threads).
+    pub fn handler_threads(mut self, n: usize) -> ServerBuilder {
+        self.handler_threads = n;
+        self
+    }
+
+    /// After resolving a demand fault, copy the rest of its aligned chunk of `bytes`
+    /// (a power of two; 0 turns prefetch off). Faults at increasing addresses double the
+    /// window up to [`prefetch_max`](Self::prefetch_max), as the kernel's readahead does.
+    pub fn prefetch(mut self, bytes: usize) -> ServerBuilder {
+        self.prefetch = bytes;
+        self
+    }
+
+    /// The largest prefetch window (default 2 MiB).
+    pub fn prefetch_max(mut self, bytes: usize) -> ServerBuilder {
+        self.prefetch_max = bytes;
+        self
+    }
+
+    /// Threads that copy every page not yet present, in chunks, while demand faults go first
+    /// (default 1; 0 turns background fill off, so only touched chunks are populated).
+    pub fn background_threads(mut self, n: usize) -> ServerBuilder {
+        self.background_threads = n;
+        self
+    }
+
+    /// Bytes per background `UFFDIO_COPY` (default 2 MiB; a multiple of every region's page
+    /// size).
+    pub fn background_chunk(mut self, bytes: usize) -> ServerBuilder {
+        self.background_chunk = bytes;
+        self
+    }
+
+    /// Limits background fill to `bytes_per_sec` (demand faults and prefetch are not limited),
+    /// to leave a shared source or disk to the workload.
+    pub fn background_rate(mut self, bytes_per_sec: u64) -> ServerBuilder {
+        self.background_rate = Some(bytes_per_sec);
+        self
+    }
+
+    /// What to do with pages whose source read failed (default [`FailurePolicy::Poison`]).
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> ServerBuilder {
+        self.policy = policy;
+        self
+    }
+
+    /// The policy used instead of [`FailurePolicy::Poison`] on kernels without
+    /// `UFFDIO_POISON` (before 6.6); default [`FailurePolicy::Stop`].
+    pub fn poison_fallback(mut self, policy: FailurePolicy) -> ServerBuilder {
+        self.fallback = policy;
+        self
+    }
+
+    /// Whether the server registers its regions (`MISSING`) at start and unregisters them at
+    /// shutdown (default true). Turn it off for a userfaultfd whose ranges another process
+    /// registered, as Firecracker does before handing its fd over.
+    pub fn register(mut self, register: bool) -> ServerBuilder {
+        self.register = register;
+        self
+    }
+
+    /// Stop the threads (and unregister, if the server registered) as soon as every page is
+    /// present: the regions are then plain memory. Default false.
+    pub fn stop_when_populated(mut self, stop: bool) -> ServerBuilder {
+        self.stop_when_populated = stop;
+        self
+    }
+
+    /// Record the order in which pages are first demanded (allocation-free: one slot per page
+    /// is reserved at start); read it with [`Server::working_set`]. Default off.
+    pub fn record_working_set(mut self, record: bool) -> ServerBuilder {
+        self.record = record;
+        self
+    }
+
+    /// Replay a recorded working set: as soon as the server starts, a replay thread copies
+    /// each recorded page with its prefetch chunk, in the recorded order, before background
+    /// fill begins (demand faults still go first). Entries must name pages of this server's
+    /// regions (checked at [`start`](Self::start)).
+    pub fn replay(mut self, working_set: WorkingSet) -> ServerBuilder {
+        self.replay = Some(working_set);
+        self
+    }
+
+    /// Track the pages the program writes, for [`Server::dirty_pages`] (an incremental
+    /// snapshot writes just those). Pages are installed write-protected (`UFFDIO_COPY` with
+    /// `MODE_WP`) in ranges registered `MISSING | WRITE_PROTECT`; with
+    /// [`FeatureFlags::WP_ASYNC`] on the `Uffd` (Linux 6.7) writes proceed without a fault and
+    /// `PAGEMAP_SCAN` finds them, otherwise each first write after a scan is a write-protect
+    /// fault that the handler records and resolves (Linux 5.7 for anonymous memory, 5.19 for
+    /// shmem and hugetlbfs). Default off.
+    pub fn track_dirty(mut self, track: bool) -> ServerBuilder {
+        self.track_dirty = track;
+        self
+    }
+
+    /// The `pagemap` file [`Server::dirty_pages`] scans with `WP_ASYNC` (default
+    /// `/proc/self/pagemap`): give the served process's (`PageMap::open_pid`) when its memory
+    /// is not this process's.
+    pub fn pagemap(mut self, pagemap: PageMap) -> ServerBuilder {
+        self.pagemap = Some(pagemap);
+        self
+    }
+
+    /// Called (from a server thread) with every error the server absorbs: failed source reads,
+    /// faults outside the regions, failed ioctls, panics.
+    pub fn on_error(mut self, f: impl Fn(&ServeError) + Send + Sync + 'static) -> ServerBuilder {
+        self.on_error = Some(Box::new(f));
+        self
+    }
+
+    /// Called with the child's userfaultfd of every `UFFD_EVENT_FORK` (the `Uffd` needs
+    /// [`FeatureFlags::EVENT_FORK`]). Without a callback the child's fd is closed, and the
+    /// child's faults then get the kernel's default handling (zero pages). Serve the child
+    /// with a server of its own when it must see the source's data.
+    pub fn on_fork(mut self, f: impl Fn(Uffd) + Send + Sync + 'static) -> ServerBuilder {
+        self.on_fork = Some(Box::new(f));
+        self
+    }
+
+    fn check(&self) -> Result<(), ServeError> {
+        let base = crate::page_size();
+        let bad = |s: String| Err(ServeError::Config(s));
+        if self.regions.is_empty() {
+            return bad("no region to serve".into());
+        }
+        if self.handler_threads == 0 {
+            return bad("handler_threads must be at least 1".into());
+        }
+        if self.prefetch != 0 && !self.prefetch.is_power_of_two() {
+            return bad(format!("prefetch {} is not a power of two", self.prefetch));
+        }
+        if self.prefetch_max < self.prefetch || !self.prefetch_max.is_power_of_two() {
+            return bad(format!(
+                "prefetch_max {} is not a power of two at least prefetch {}",
+                self.prefetch_max, self.prefetch
+            ));
+        }
+        if self.background_rate == Some(0) {
+            return bad("background_rate must be positive".into());
+        }
+        if let Some(ws) = &self.replay {
+            for (k, &(ri, off)) in ws.entries().iter().enumerate() {
+                let ok = self
+                    .regions
+                    .get(ri as usize)
+                    .is_some_and(|r| off < r.len as u64 && off % r.page_size as u64 == 0);
+                if !ok {
+                    return bad(format!(
+                        "working-set entry {k} (region {ri}, offset {off}) is not a page of a \
+                         served region"
+                    ));
+                }
+            }
+        }
+        for (i, r) in self.regions.iter().enumerate() {
+            if !r.page_size.is_power_of_two() || r.page_size < base {
+                return bad(format!("region {i}: page size {} is invalid", r.page_size));
+            }
+            if r.len == 0 || r.addr % r.page_size != 0 || r.len % r.page_size != 0 {
+                return bad(format!(
+                    "region {i}: {:#x}+{:#x} is empty or not aligned to its {}-byte pages",
+                    r.addr, r.len, r.page_size
+                ));
+            }
+            if r.addr.checked_add(r.len).is_none() {
+                return bad(format!("region {i} wraps around the address space"));
+            }
+            // The source may end inside the region's last page (a file whose size is not a
+            // page multiple): the rest of that page is served as zeros, as mmap(2) does.
+            let end = r.source_offset.checked_add((r.len - r.page_size) as u64);
+            if end.map_or(true, |e| e >= r.source.len()) {
+                return bad(format!(
+                    "region {i}: {} bytes from source offset {} run past the source's end ({})",
+                    r.len,
+                    r.source_offset,
+                    r.source.len()
+                ));
+            }
+            if self.background_chunk == 0 || self.background_chunk % r.page_size != 0 {
+                return bad(format!(
+                    "background_chunk {} is not a multiple of region {i}'s page size {}",
+                    self.background_chunk, r.page_size
+                ));
+            }
+            for (j, o) in self.regions[..i].iter().enumerate() {
+                if r.addr < o.addr + o.len && o.addr < r.addr + r.len {
+                    return bad(format!("regions {j} and {i} overlap"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts serving with `uffd` (made non-blocking if it is not): registers the regions
+    /// (unless [`register(false)`](Self::register)), then starts the handler and background
+    /// threads.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Config`] for a refused configuration (no region, a region not aligned to
+    /// its page size, overlapping regions, a source shorter than its region...);
+    /// [`ServeError::Uffd`] when registration fails (regions already registered are
+    /// unregistered again).
+    pub fn start(self, uffd: Uffd) -> Result<Server, ServeError> {
+        self.check()?;
+        set_nonblocking(&uffd)?;
+        let stop_fd = eventfd()?;
+        let mut supported = uffd.supported_features();
+        if supported.is_empty() {
+            supported = UffdBuilder::probe_features().unwrap_or(FeatureFlags::empty());
+        }
+        let policy = match self.policy {
+            FailurePolicy::Poison if !supported.contains(FeatureFlags::POISON) => self.fallback,
+            p => p,
+        };
+        let chunk_max = self
+            .regions
+            .iter()
+            .map(|r| r.page_size)
+            .chain([self.prefetch_max, self.background_chunk])
+            .max()
+            .unwrap_or(0);
+        let huge_page = self
+            .regions
+            .iter()
+            .map(|r| r.page_size)
+            .filter(|&p| p > crate::page_size())
+            .max();
+        let dirty = if !self.track_dirty {
+            None
+        } else if uffd.features().contains(FeatureFlags::WP_ASYNC) {
+            let pagemap = match self.pagemap {
+                Some(p) => p,
+                None => PageMap::open()?,
+            };
+            Some(Dirty::Async(pagemap))
+        } else {
+            Some(Dirty::Sync)
+        };
+        let sync_dirty = matches!(dirty, Some(Dirty::Sync));
+        let mut regions = Vec::with_capacity(self.regions.len());
+        let mut registered: Vec<(usize, usize)> = Vec::new();
+        for r in self.regions {
+            if self.register {
+                let mode = if self.track_dirty {
+                    RegisterMode::MISSING | RegisterMode::WRITE_PROTECT
+                } else {
+                    RegisterMode::MISSING
+                };
+                // SAFETY: the regions were vouched for: owned mappings (`Region::new`) or raw
+                // ranges whose `unsafe` constructor's caller is entitled to define them; so
+                // even a SIGBUS fd's traps stay in memory no Rust reference relies on.
+                let res = unsafe { uffd.register_unchecked(r.addr as *mut c_void, r.len, mode) };
+                if let Err(e) = res {
+                    for &(a, l) in &registered {
+                        let _ = uffd.unregister(a as *mut c_void, l);
+                    }
+                    return Err(e.into());
+                }
+                registered.push((r.addr, r.len));
+            }
+            regions.push(Served {
+                base: AtomicUsize::new(r.addr),
+                len: r.len,
+                page_size: r.page_size,
+                states: PageStates::new(r.len / r.page_size),
+                written: sync_dirty.then(|| {
+                    (0..r.len / r.page_size)
+                        .map(|_| AtomicBool::new(false))
+                        .collect()
+                }),
+                source: r.source,
+                source_offset: r.source_offset,
+                _owner: r._owner,
+            });
+        }
+        let total: usize = regions.iter().map(|r| r.states.len()).sum();
+        let shared = Arc::new(Shared {
+            event_lock: uffd
+                .features()
+                .contains(FeatureFlags::EVENT_REMOVE)
+                .then(|| RwLock::new(())),
+            uffd,
+            regions,
+            counters: Counters::new(),
+            policy,
+            prefetch: self.prefetch,
+            prefetch_max: self.prefetch_max,
+            background_chunk: self.background_chunk,
+            background_rate: self.background_rate,
+            registered: self.register,
+            stop_when_populated: self.stop_when_populated,
+            recorder: self.record.then(|| Recorder::new(total)),
+            replaying: AtomicBool::new(self.replay.is_some()),
+            chunk_max,
+            // Zeros to copy where ZEROPAGE cannot serve: hugetlb, and write-protected installs.
+            zeros: if dirty.is_some() {
+                Some(vec![0u8; chunk_max].into_boxed_slice())
+            } else {
+                huge_page.map(|p| vec![0u8; p].into_boxed_slice())
+            },
+            dirty,
+            dirty_lock: Mutex::new(()),
+            stop: AtomicBool::new(false),
+            stop_fd,
+            outstanding: AtomicUsize::new(total),
+            demand_busy: AtomicUsize::new(0),
+            status: Mutex::new(Status::default()),
+            changed: Condvar::new(),
+            start: Instant::now(),
+            on_error: self.on_error,
+            on_fork: self.on_fork,
+        });
+        let mut threads = Vec::new();
+        // `start` returns once every thread runs (thread start-up allocates; serving does not).
+        let ready = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let mut spawned = Ok(());
+        for i in 0..self.handler_threads {
+            let (s, r) = (Arc::clone(&shared), Arc::clone(&ready));
+            spawned = spawned.and_then(|()| {
+                spawn(format!("uffd-handler-{i}"), s, r, handler_loop).map(|t| threads.push(t))
+            });
+        }
+        if let Some(ws) = self.replay {
+            let (s, r) = (Arc::clone(&shared), Arc::clone(&ready));
+            spawned = spawned.and_then(|()| {
+                spawn("uffd-replay".into(), s, r, move |s, ready| {
+                    replay_loop(s, &ws, ready)
+                })
+                .map(|t| threads.push(t))
+            });
+        }
+        for i in 0..self.background_threads {
+            let (s, r) = (Arc::clone(&shared), Arc::clone(&ready));
+            let n = self.background_threads;
+            spawned = spawned.and_then(|()| {
+                spawn(format!("uffd-fill-{i}"), s, r, move |s, ready| {
+                    background_loop(s, i, n, ready)
+                })
+                .map(|t| threads.push(t))
+            });
+        }
+        if let Err(e) = spawned {
+            shared.request_stop();
+            for t in threads {
+                let _ = t.join();
+            }
+            if self.register {
+                let _ = shared.unregister_all();
+            }
+            return Err(e);
+        }
+        let (count, cv) = &*ready;
+        let mut n = count.lock().unwrap_or_else(PoisonError::into_inner);
+        while *n < threads.len() {
+            n = cv.wait(n).unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(n);
+        if total == 0 {
+            shared.mark_populated();
+        }
+        Ok(Server {
+            shared,
+            threads,
+            stopped: false,
+        })
+    }
+}
+
+fn spawn(
+    name: String,
+    shared: Arc<Shared>,
+    ready: Arc<(Mutex<usize>, Condvar)>,
+    body: impl FnOnce(&Shared, &dyn Fn()) + Send + 'static,
+) -> Result<JoinHandle<()>, ServeError> {
+    thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            // Called by the body once it has allocated what it needs.
+            let signal = || {
+                let (count, cv) = &*ready;
+                *count.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+                cv.notify_all();
+            };
+            let s = &*shared;
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| body(s, &signal))) {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|m| m.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                s.report(&ServeError::Panicked(msg.clone()));
+                s.halt(format!("a server thread panicked: {msg}"), true);
+            }
+        })
+        .map_err(|e| ServeError::Config(format!("cannot start a server thread: {e}")))
+}
+
+fn set_nonblocking(uffd: &Uffd) -> Result<(), ServeError> {
+    let fd = uffd.as_fd().as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a descriptor this `Uffd` owns; no memory is involved.
+    let ok = unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        fl >= 0
+            && (fl & libc::O_NONBLOCK != 0
+                || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) == 0)
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ServeError::Uffd(Error::last(crate::Operation::Fcntl)))
+    }
+}
+
+fn eventfd() -> Result<OwnedFd, ServeError> {
+    // SAFETY: eventfd(2) takes an initial value and flags and returns a new fd or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(ServeError::Config(format!(
+            "eventfd: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

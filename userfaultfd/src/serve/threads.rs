@@ -1,0 +1,328 @@
+//! The server's threads: handlers (demand faults first, then the chunks around them), working-set
+//! replay, and background fill.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+
+use super::error::ServeError;
+use super::shared::{Path, Shared};
+use super::state::{CLAIMED_ZERO, MISSING, PRESENT, REMOVED};
+use super::stats::Counters;
+use super::working_set::WorkingSet;
+use crate::{Error, Event, EventBuffer, FaultKind, ReadWrite};
+
+/// Per-handler readahead: the window grows while faults move forward through a region.
+struct Readahead {
+    region: usize,
+    next: usize,
+    window: usize,
+}
+
+pub(super) fn handler_loop(s: &Shared, ready: &dyn Fn()) {
+    let mut buf = EventBuffer::new(64);
+    let mut faults: Vec<(usize, ReadWrite, Instant)> = Vec::with_capacity(64);
+    let mut bounce = vec![0u8; s.chunk_max];
+    // The thread's name and its first use of thread-locals may allocate: get them done now.
+    let _ = thread::current().name().map(str::len);
+    ready();
+    let mut ra = Readahead {
+        region: usize::MAX,
+        next: 0,
+        window: s.prefetch,
+    };
+    let mut fds = [
+        libc::pollfd {
+            fd: s.uffd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: s.stop_fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    while !s.stopping() {
+        for f in &mut fds {
+            f.revents = 0;
+        }
+        // A bounded wait: the stop flag is checked at least once a second.
+        // SAFETY: `fds` holds two valid pollfd entries.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+        if n < 0 {
+            if Errno::last() == Errno::EINTR {
+                continue;
+            }
+            s.report(&ServeError::Uffd(Error::Os {
+                op: crate::Operation::Read,
+                errno: Errno::last(),
+            }));
+            s.halt("poll(2) on the userfaultfd failed".into(), true);
+            return;
+        }
+        if s.stopping() || fds[1].revents != 0 {
+            return;
+        }
+        if fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            // The monitored process is gone (its mm released the context).
+            s.halt(
+                "the userfaultfd hung up: the monitored process exited".into(),
+                false,
+            );
+            return;
+        }
+        if fds[0].revents & libc::POLLIN == 0 {
+            continue;
+        }
+        {
+            let _guard = s.event_lock.as_ref().map(|l| l.write());
+            match s.uffd.read_events(&mut buf) {
+                Ok(events) => {
+                    let now = Instant::now();
+                    for ev in events {
+                        match ev {
+                            Ok(Event::Pagefault {
+                                kind: FaultKind::WriteProtected,
+                                addr,
+                                ..
+                            }) => s.write_fault(addr as usize),
+                            Ok(Event::Pagefault { addr, rw, .. }) => {
+                                faults.push((addr as usize, rw, now));
+                            }
+                            Ok(other) => s.apply_event(other),
+                            Err(e) => s.report(&ServeError::Uffd(e)),
+                        }
+                    }
+                }
+                Err(Error::Interrupted { .. }) => {}
+                Err(e) => {
+                    s.report(&ServeError::Uffd(e));
+                    s.halt("reading the userfaultfd failed".into(), true);
+                    return;
+                }
+            }
+        }
+        if faults.is_empty() {
+            continue;
+        }
+        s.demand_busy.fetch_add(1, Ordering::AcqRel);
+        Counters::add(&s.counters.demand_faults, faults.len() as u64);
+        // Every faulting page first, then the chunks around them.
+        for &(addr, rw, t0) in &faults {
+            demand(s, addr, rw, t0, &mut bounce);
+        }
+        if s.prefetch != 0 {
+            for &(addr, _, _) in &faults {
+                prefetch(s, addr, &mut ra, &mut bounce);
+            }
+        }
+        faults.clear();
+        s.demand_busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn demand(s: &Shared, addr: usize, rw: ReadWrite, t0: Instant, bounce: &mut [u8]) {
+    let Some((ri, page)) = s.region_of(addr) else {
+        s.report(&ServeError::Unserved(addr));
+        return;
+    };
+    let r = &s.regions[ri];
+    match r.states.get(page) {
+        MISSING if r.states.claim(page, MISSING) => {
+            if let Some(rec) = &s.recorder {
+                rec.record(ri, page);
+            }
+            s.fill(
+                ri,
+                page,
+                page + 1,
+                Path::Demand,
+                bounce,
+                rw == ReadWrite::Write,
+            );
+            s.counters.latency.record(t0.elapsed());
+        }
+        REMOVED if r.states.cas(page, REMOVED, CLAIMED_ZERO) => {
+            s.fill_removed(ri, page);
+            s.counters.latency.record(t0.elapsed());
+        }
+        PRESENT => {
+            // Resolved after the fault was queued: the resolver's wake may have come first.
+            let _ = s.uffd.wake(r.addr_of(page), r.page_size);
+        }
+        // Claimed: the claimant wakes it. Gone: not served any more. Lost a race: the
+        // winner resolves it.
+        _ => {}
+    }
+}
+
+/// Copies the runs of missing pages in `start..end` of region `ri`.
+fn fill_missing(s: &Shared, ri: usize, start: usize, end: usize, path: Path, bounce: &mut [u8]) {
+    let r = &s.regions[ri];
+    let mut p = start;
+    while let Some(first) = r.states.next_missing(p, end) {
+        let stop = r.states.claim_run(first, end);
+        if stop == first {
+            p = first + 1;
+            continue;
+        }
+        s.fill(ri, first, stop, path, bounce, false);
+        p = stop;
+    }
+}
+
+/// Copies each working-set page with its prefetch chunk, in order, then lets background fill
+/// start.
+pub(super) fn replay_loop(s: &Shared, ws: &WorkingSet, ready: &dyn Fn()) {
+    let mut bounce = vec![0u8; s.chunk_max];
+    let _ = thread::current().name().map(str::len);
+    ready();
+    for &(ri, off) in ws.entries() {
+        if s.stopping() {
+            break;
+        }
+        while s.demand_busy.load(Ordering::Acquire) != 0 && !s.stopping() {
+            thread::yield_now();
+        }
+        let (ri, r) = (ri as usize, &s.regions[ri as usize]);
+        let page = (off / r.page_size as u64) as usize;
+        let pages = (s.prefetch / r.page_size).max(1);
+        let start = page / pages * pages;
+        fill_missing(
+            s,
+            ri,
+            start,
+            (start + pages).min(r.states.len()),
+            Path::Replay,
+            &mut bounce,
+        );
+    }
+    s.replaying.store(false, Ordering::Release);
+    let _st = s.status.lock().unwrap_or_else(PoisonError::into_inner);
+    s.changed.notify_all();
+}
+
+fn prefetch(s: &Shared, addr: usize, ra: &mut Readahead, bounce: &mut [u8]) {
+    let Some((ri, page)) = s.region_of(addr) else {
+        return;
+    };
+    let r = &s.regions[ri];
+    let window_pages = |w: usize| (w / r.page_size).max(1);
+    // Sequential: the fault lies just past the previous window (within one base chunk), as
+    // a forward scan's next fault does.
+    let sequential =
+        ra.region == ri && page >= ra.next && page < ra.next + window_pages(s.prefetch);
+    ra.window = if sequential {
+        (ra.window * 2).min(s.prefetch_max)
+    } else {
+        s.prefetch
+    };
+    let pages = window_pages(ra.window);
+    let start = page / pages * pages;
+    let end = (start + pages).min(r.states.len());
+    ra.region = ri;
+    ra.next = end;
+    fill_missing(s, ri, start, end, Path::Prefetch, bounce);
+}
+
+pub(super) fn background_loop(s: &Shared, me: usize, of: usize, ready: &dyn Fn()) {
+    // Background work yields the CPU to the program and to demand faults: a lower priority
+    // (nice 10: about a tenth of a CPU when both compete), never starved entirely.
+    // SAFETY: setpriority(2) on this thread (its tid) has no memory effects; failure (a
+    // sandbox forbidding it) just leaves the priority as it was.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+    }
+    let mut bounce = vec![0u8; s.chunk_max];
+    let _ = thread::current().name().map(str::len);
+    ready();
+    let started = Instant::now();
+    let mut copied: u64 = 0;
+    // Start small and double while copies are fast: the first demand fault never waits
+    // behind a large read of a slow source.
+    let mut step_pages = 0;
+    // A working set being replayed goes first.
+    while s.replaying.load(Ordering::Acquire) && !s.stopping() {
+        let st = s.status.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.replaying.load(Ordering::Acquire) && !s.stopping() {
+            let _ = s.changed.wait_timeout(st, Duration::from_millis(50));
+        }
+    }
+    while !s.stopping() && s.outstanding.load(Ordering::Acquire) != 0 {
+        let mut progress = false;
+        for (ri, r) in s.regions.iter().enumerate() {
+            let chunk = (s.background_chunk / r.page_size).max(1);
+            let chunks = r.states.len().div_ceil(chunk);
+            let mut c = me;
+            while c < chunks {
+                if s.stopping() {
+                    return;
+                }
+                // Demand faults first.
+                while s.demand_busy.load(Ordering::Acquire) != 0 && !s.stopping() {
+                    thread::yield_now();
+                }
+                let (lo, hi) = (c * chunk, ((c + 1) * chunk).min(r.states.len()));
+                let min_step = (MIN_BACKGROUND_STEP / r.page_size).clamp(1, chunk);
+                let mut p = lo;
+                while let Some(first) = r.states.next_missing(p, hi) {
+                    // A slow source (a disk, a network) gets smaller reads, so that a demand
+                    // fault never waits long behind one: about a millisecond each.
+                    let step = step_pages.clamp(min_step, chunk);
+                    let stop = r.states.claim_run(first, hi.min(first + step));
+                    if stop == first {
+                        p = first + 1;
+                        continue;
+                    }
+                    let t = Instant::now();
+                    s.fill(ri, first, stop, Path::Background, &mut bounce, false);
+                    let took = t.elapsed();
+                    if took > STEP_SLOW && step > min_step {
+                        step_pages = step / 2;
+                    } else if took < STEP_FAST && stop - first == step && step < chunk {
+                        step_pages = step * 2;
+                    }
+                    copied += ((stop - first) * r.page_size) as u64;
+                    progress = true;
+                    p = stop;
+                }
+                if let Some(rate) = s.background_rate {
+                    throttle(s, started, copied, rate);
+                }
+                c += of;
+            }
+        }
+        if !progress {
+            // What is left is claimed by others or waits for an event: wait a little.
+            let st = s.status.lock().unwrap_or_else(PoisonError::into_inner);
+            if !st.populated && !s.stopping() {
+                let _ = s.changed.wait_timeout(st, Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// The smallest background read the step adaptation goes down to.
+const MIN_BACKGROUND_STEP: usize = 64 << 10;
+/// A background copy slower than this halves the next one...
+const STEP_SLOW: Duration = Duration::from_micros(2000);
+/// ...and one faster than this doubles it (up to the chunk).
+const STEP_FAST: Duration = Duration::from_micros(500);
+
+/// Sleeps (interruptibly, on the status condition) until `copied` bytes since `started` are
+/// within `rate` bytes per second.
+fn throttle(s: &Shared, started: Instant, copied: u64, rate: u64) {
+    let due = Duration::from_secs_f64(copied as f64 / rate as f64);
+    let elapsed = started.elapsed();
+    if due > elapsed {
+        let st = s.status.lock().unwrap_or_else(PoisonError::into_inner);
+        if !s.stopping() {
+            let _ = s.changed.wait_timeout(st, due - elapsed);
+        }
+    }
+}
