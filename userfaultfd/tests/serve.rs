@@ -6,6 +6,7 @@
 mod common;
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex};
@@ -832,4 +833,120 @@ fn dirty_pages_needs_tracking() {
         .start(user_uffd())
         .unwrap();
     assert!(matches!(server.dirty_pages(), Err(ServeError::Config(_))));
+}
+
+/// The "VMM" of [`serving_another_process_until_it_exits`], between `fork` and `_exit`: only
+/// raw system calls and no allocation. Creates a userfaultfd, registers `pages` pages at
+/// `addr` (mapped by the parent before the fork, so the address is known to both), sends the
+/// fd, waits for the go byte, reads one byte of every page and checks it, then exits: 0 when
+/// every byte matched.
+fn vmm_child(sock: i32, addr: usize, pages: usize, page: usize) -> i32 {
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | userfaultfd::sys::UFFD_USER_MODE_ONLY as i32;
+    // SAFETY: userfaultfd(2) takes one integer and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) } as i32;
+    if fd < 0 {
+        return 10;
+    }
+    let mut api = userfaultfd::sys::uffdio_api {
+        api: userfaultfd::sys::UFFD_API,
+        features: 0,
+        ioctls: 0,
+    };
+    // SAFETY: a live uffdio_api for UFFDIO_API.
+    if unsafe { libc::ioctl(fd, userfaultfd::sys::UFFDIO_API as _, &mut api) } != 0 {
+        return 11;
+    }
+    let mut reg = userfaultfd::sys::uffdio_register {
+        range: userfaultfd::sys::uffdio_range {
+            start: addr as u64,
+            len: (pages * page) as u64,
+        },
+        mode: userfaultfd::sys::UFFDIO_REGISTER_MODE_MISSING as u64,
+        ioctls: 0,
+    };
+    // SAFETY: a live uffdio_register over this child's copy of the parent's mapping.
+    if unsafe { libc::ioctl(fd, userfaultfd::sys::UFFDIO_REGISTER as _, &mut reg) } != 0 {
+        return 12;
+    }
+    if !common::send_fd(sock, fd) {
+        return 13;
+    }
+    let mut go = 0u8;
+    // SAFETY: reads one byte into `go`.
+    if unsafe { libc::read(sock, (&mut go as *mut u8).cast(), 1) } != 1 {
+        return 14;
+    }
+    for p in 0..pages {
+        // SAFETY: the page is mapped in this child; the read blocks until the server fills it.
+        let v = unsafe { std::ptr::read_volatile((addr + p * page) as *const u8) };
+        if v != byte_of(p) {
+            return 20;
+        }
+    }
+    0
+}
+
+#[test]
+fn serving_another_process_until_it_exits() {
+    let page = ps();
+    let pages = 64;
+    // Mapped before the fork: the child's copy is the "guest memory" at a known address.
+    let guest = Map::anon(pages * page);
+    let mut socks = [0i32; 2];
+    // SAFETY: `socks` has room for the two fds.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            socks.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0);
+    let (addr, csock) = (guest.addr(), socks[1]);
+    // SAFETY: the child makes only raw system calls and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = vmm_child(csock, addr, pages, page);
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    // SAFETY: our end of the pair, now owned here; the child's end is closed in this process.
+    let sock = unsafe { OwnedFd::from_raw_fd(socks[0]) };
+    // SAFETY: closes our copy of the child's end.
+    unsafe { libc::close(socks[1]) };
+    let fd = common::recv_fd(sock.as_raw_fd()).expect("the child's uffd");
+    let uffd = userfaultfd::Uffd::try_from(fd).unwrap();
+    let src: Arc<dyn PageSource> = Arc::new(MemorySource::new(image(pages, page)));
+    // SAFETY: the range is the child's memory (its copy of `guest`), which the child asked us
+    // to define; nothing in this process is written.
+    let region =
+        unsafe { Region::from_raw_parts(addr as *mut libc::c_void, pages * page, page, src) };
+    let server = ServerBuilder::new()
+        .region(region)
+        .register(false)
+        .background_threads(0)
+        .monitored_process(pid)
+        .start(uffd)
+        .unwrap();
+    // SAFETY: writes the go byte from a live buffer.
+    assert_eq!(
+        unsafe { libc::write(sock.as_raw_fd(), [1u8].as_ptr().cast(), 1) },
+        1
+    );
+    let why = server
+        .wait_halted(TIMEOUT)
+        .expect("the server noticed the exit");
+    assert!(why.contains("exited"), "{why}");
+    let mut status = 0;
+    // SAFETY: reaps our own child, which has exited (the server saw its pidfd).
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status:#x}"
+    );
+    let stats = server.shutdown().unwrap();
+    assert_eq!(stats.pages_present(), pages as u64, "{stats:?}");
+    drop(guest);
 }

@@ -79,6 +79,7 @@ pub struct ServerBuilder {
     replay: Option<WorkingSet>,
     track_dirty: bool,
     pagemap: Option<PageMap>,
+    monitored: Option<libc::pid_t>,
     on_error: Option<ErrorCallback>,
     on_fork: Option<ForkCallback>,
 }
@@ -139,6 +140,7 @@ impl ServerBuilder {
             replay: None,
             track_dirty: false,
             pagemap: None,
+            monitored: None,
             on_error: None,
             on_fork: None,
         }
@@ -256,6 +258,15 @@ impl ServerBuilder {
         self
     }
 
+    /// The process whose memory is served, when it is not this one (a VMM that handed over its
+    /// userfaultfd). The server watches it through a pidfd (Linux 5.3) and stops serving when
+    /// it exits ([`Server::wait_halted`](super::Server::wait_halted) then returns): a
+    /// userfaultfd does not report its process's exit by itself.
+    pub fn monitored_process(mut self, pid: libc::pid_t) -> ServerBuilder {
+        self.monitored = Some(pid);
+        self
+    }
+
     /// Called (from a server thread) with every error the server absorbs: failed source reads,
     /// faults outside the regions, failed ioctls, panics.
     pub fn on_error(mut self, f: impl Fn(&ServeError) + Send + Sync + 'static) -> ServerBuilder {
@@ -360,6 +371,10 @@ impl ServerBuilder {
         self.check()?;
         set_nonblocking(&uffd)?;
         let stop_fd = eventfd()?;
+        let monitored = match self.monitored {
+            Some(pid) => Some(pidfd(pid)?),
+            None => None,
+        };
         let mut supported = uffd.supported_features();
         if supported.is_empty() {
             supported = UffdBuilder::probe_features().unwrap_or(FeatureFlags::empty());
@@ -458,6 +473,7 @@ impl ServerBuilder {
             dirty_lock: Mutex::new(()),
             stop: AtomicBool::new(false),
             stop_fd,
+            monitored,
             outstanding: AtomicUsize::new(total),
             demand_busy: AtomicUsize::new(0),
             status: Mutex::new(Status::default()),
@@ -565,6 +581,20 @@ fn set_nonblocking(uffd: &Uffd) -> Result<(), ServeError> {
     } else {
         Err(ServeError::Uffd(Error::last(crate::Operation::Fcntl)))
     }
+}
+
+/// A pidfd of `pid` (pidfd_open(2), Linux 5.3).
+fn pidfd(pid: libc::pid_t) -> Result<OwnedFd, ServeError> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(ServeError::Config(format!(
+            "cannot watch process {pid}: pidfd_open: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn eventfd() -> Result<OwnedFd, ServeError> {

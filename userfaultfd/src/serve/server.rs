@@ -177,6 +177,33 @@ impl Server {
         Ok(out)
     }
 
+    /// Waits, at most `timeout`, until the server stops serving on its own, and says why
+    /// (see [`halted`](Self::halted)); `None` on time-out. A handler for another process (a
+    /// VMM) waits here for the monitored process to exit: its userfaultfd then hangs up.
+    pub fn wait_halted(&self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(why) = &st.halted {
+                return Some(why.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
     /// Why the server stopped serving on its own (source failure under
     /// [`FailurePolicy::Stop`](super::FailurePolicy::Stop), the monitored process exited, a panic), if it did.
     pub fn halted(&self) -> Option<String> {

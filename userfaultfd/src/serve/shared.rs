@@ -95,6 +95,8 @@ pub(super) struct Shared {
     pub(super) dirty_lock: Mutex<()>,
     pub(super) stop: AtomicBool,
     pub(super) stop_fd: OwnedFd,
+    /// A pidfd of the process whose memory is served, when it is another process.
+    pub(super) monitored: Option<OwnedFd>,
     /// Pages that still need the source: missing, or claimed from missing.
     pub(super) outstanding: AtomicUsize,
     /// Handler threads busy with demand faults (background fill yields to them).

@@ -46,14 +46,20 @@ pub(super) fn handler_loop(s: &Shared, ready: &dyn Fn()) {
             events: libc::POLLIN,
             revents: 0,
         },
+        // The monitored process's pidfd (readable once it exits), or nothing (-1 is ignored).
+        libc::pollfd {
+            fd: s.monitored.as_ref().map_or(-1, |p| p.as_raw_fd()),
+            events: libc::POLLIN,
+            revents: 0,
+        },
     ];
     while !s.stopping() {
         for f in &mut fds {
             f.revents = 0;
         }
         // A bounded wait: the stop flag is checked at least once a second.
-        // SAFETY: `fds` holds two valid pollfd entries.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+        // SAFETY: `fds` holds three valid pollfd entries.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, 1000) };
         if n < 0 {
             if Errno::last() == Errno::EINTR {
                 continue;
@@ -68,12 +74,12 @@ pub(super) fn handler_loop(s: &Shared, ready: &dyn Fn()) {
         if s.stopping() || fds[1].revents != 0 {
             return;
         }
+        if fds[2].revents != 0 {
+            s.halt("the monitored process exited".into(), false);
+            return;
+        }
         if fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
-            // The monitored process is gone (its mm released the context).
-            s.halt(
-                "the userfaultfd hung up: the monitored process exited".into(),
-                false,
-            );
+            s.halt("the userfaultfd hung up or failed".into(), false);
             return;
         }
         if fds[0].revents & libc::POLLIN == 0 {

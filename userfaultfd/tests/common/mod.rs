@@ -2,7 +2,7 @@
 //! faulting threads, fd counting.
 #![allow(dead_code)]
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -380,4 +380,70 @@ pub fn run_child(env: &str, name: &str) -> (std::process::ExitStatus, String) {
 /// Whether this process is the child [`run_child`] started for test `name`.
 pub fn is_child(env: &str, name: &str) -> bool {
     std::env::var(env).as_deref() == Ok(name)
+}
+
+/// Sends `fd` over the Unix socket `sock` with `SCM_RIGHTS`. Allocation-free.
+pub fn send_fd(sock: RawFd, fd: RawFd) -> bool {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a size.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of_fd()) } as _;
+    // SAFETY: msg_control points at `cbuf`, which is large enough for one header plus an int,
+    // so CMSG_FIRSTHDR is non-null and CMSG_DATA points inside `cbuf`.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of_fd()) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+    }
+    // SAFETY: `msg` and everything it points to are live for the call.
+    unsafe { libc::sendmsg(sock, &msg, 0) == 1 }
+}
+
+fn size_of_fd() -> u32 {
+    std::mem::size_of::<RawFd>() as u32
+}
+
+/// Receives one descriptor sent by [`send_fd`].
+pub fn recv_fd(sock: RawFd) -> Option<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    // SAFETY: `msg` points at live buffers; MSG_CMSG_CLOEXEC marks the received fd CLOEXEC.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n != 1 {
+        return None;
+    }
+    // SAFETY: recvmsg filled `msg`; CMSG_FIRSTHDR returns null or a header inside `cbuf`.
+    let c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    if c.is_null() {
+        return None;
+    }
+    // SAFETY: `c` is a valid header inside `cbuf`.
+    let (level, ty) = unsafe { ((*c).cmsg_level, (*c).cmsg_type) };
+    if level != libc::SOL_SOCKET || ty != libc::SCM_RIGHTS {
+        return None;
+    }
+    // SAFETY: an SCM_RIGHTS header carries at least one int; the kernel installed that fd in
+    // this process and nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast())) })
 }
