@@ -841,7 +841,7 @@ fn dirty_pages_needs_tracking() {
 /// fd, waits for the go byte, reads one byte of every page and checks it, then exits: 0 when
 /// every byte matched.
 fn vmm_child(sock: i32, addr: usize, pages: usize, page: usize) -> i32 {
-    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | userfaultfd::sys::UFFD_USER_MODE_ONLY as i32;
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | userfaultfd::sys::UFFD_USER_MODE_ONLY;
     // SAFETY: userfaultfd(2) takes one integer and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) } as i32;
     if fd < 0 {
@@ -861,7 +861,7 @@ fn vmm_child(sock: i32, addr: usize, pages: usize, page: usize) -> i32 {
             start: addr as u64,
             len: (pages * page) as u64,
         },
-        mode: userfaultfd::sys::UFFDIO_REGISTER_MODE_MISSING as u64,
+        mode: userfaultfd::sys::UFFDIO_REGISTER_MODE_MISSING,
         ioctls: 0,
     };
     // SAFETY: a live uffdio_register over this child's copy of the parent's mapping.
@@ -931,10 +931,8 @@ fn serving_another_process_until_it_exits() {
         .start(uffd)
         .unwrap();
     // SAFETY: writes the go byte from a live buffer.
-    assert_eq!(
-        unsafe { libc::write(sock.as_raw_fd(), [1u8].as_ptr().cast(), 1) },
-        1
-    );
+    let sent = unsafe { libc::write(sock.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    assert_eq!(sent, 1);
     let why = server
         .wait_halted(TIMEOUT)
         .expect("the server noticed the exit");
