@@ -948,3 +948,32 @@ fn serving_another_process_until_it_exits() {
     assert_eq!(stats.pages_present(), pages as u64, "{stats:?}");
     drop(guest);
 }
+
+#[test]
+fn minor_regions_map_the_page_cache_and_copy_only_its_holes() {
+    let page = ps();
+    let pages = 512;
+    let img = image(pages, page);
+    // The image in a memfd's page cache, except every 16th page (a hole: not in the cache).
+    let file = mmap::SharedMemory::new("serve-minor", (pages * page) as u64).unwrap();
+    let filler = MemoryMapping::from_fd(&file, pages * page).unwrap();
+    for p in (0..pages).filter(|p| p % 16 != 5) {
+        filler
+            .write_slice(&img[p * page..(p + 1) * page], p * page)
+            .unwrap();
+    }
+    drop(filler);
+    let guest = Arc::new(MemoryMapping::from_fd(&file, pages * page).unwrap());
+    let server = ServerBuilder::new()
+        .region(Region::new(guest.clone(), Arc::new(MemorySource::new(img))).minor())
+        .start(user_uffd())
+        .unwrap();
+    touch_all(&guest, page, 4);
+    server.wait_populated(TIMEOUT).unwrap();
+    let stats = server.shutdown().unwrap();
+    verify(&guest, page);
+    let holes = (pages / 16) as u64;
+    assert_eq!(stats.pages_present(), pages as u64, "{stats:?}");
+    assert_eq!(stats.pages_continue, pages as u64 - holes, "{stats:?}");
+    assert_eq!(stats.bytes_copied, holes * page as u64, "{stats:?}");
+}

@@ -412,11 +412,13 @@ impl ServerBuilder {
         let mut registered: Vec<(usize, usize)> = Vec::new();
         for r in self.regions {
             if self.register {
-                let mode = if self.track_dirty {
-                    RegisterMode::MISSING | RegisterMode::WRITE_PROTECT
-                } else {
-                    RegisterMode::MISSING
-                };
+                let mut mode = RegisterMode::MISSING;
+                if self.track_dirty {
+                    mode |= RegisterMode::WRITE_PROTECT;
+                }
+                if r.minor {
+                    mode |= RegisterMode::MINOR;
+                }
                 // SAFETY: the regions were vouched for: owned mappings (`Region::new`) or raw
                 // ranges whose `unsafe` constructor's caller is entitled to define them; so
                 // even a SIGBUS fd's traps stay in memory no Rust reference relies on.
@@ -433,6 +435,7 @@ impl ServerBuilder {
                 base: AtomicUsize::new(r.addr),
                 len: r.len,
                 page_size: r.page_size,
+                minor: r.minor,
                 states: PageStates::new(r.len / r.page_size),
                 written: sync_dirty.then(|| {
                     (0..r.len / r.page_size)

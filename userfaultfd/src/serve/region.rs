@@ -20,6 +20,7 @@ pub struct Region {
     pub(crate) page_size: usize,
     pub(crate) source: Arc<dyn PageSource>,
     pub(crate) source_offset: u64,
+    pub(crate) minor: bool,
     /// Keeps an owned mapping alive as long as the server runs.
     pub(crate) _owner: Option<Arc<dyn Any + Send + Sync>>,
 }
@@ -53,6 +54,7 @@ impl Region {
             page_size,
             source,
             source_offset: 0,
+            minor: false,
             _owner: Some(memory),
         }
     }
@@ -80,6 +82,7 @@ impl Region {
             page_size,
             source,
             source_offset: 0,
+            minor: false,
             _owner: None,
         }
     }
@@ -88,6 +91,37 @@ impl Region {
     /// memory file, as Firecracker's `offset` field describes).
     pub fn source_offset(mut self, offset: u64) -> Region {
         self.source_offset = offset;
+        self
+    }
+
+    /// Serve the region's minor faults with `UFFDIO_CONTINUE` (Linux 5.13 for hugetlbfs, 5.14
+    /// for shmem): the region is a **shared** mapping of a file (a memfd, tmpfs or hugetlbfs
+    /// file) whose page cache already holds the image, so a fault only needs the page mapped,
+    /// never copied, and every VM mapping the same file shares its pages. Pages not in the page
+    /// cache fault as missing and are copied from the source (which puts them in the page
+    /// cache). The server registers the region `MINOR | MISSING`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use userfaultfd::serve::{MemorySource, Region, ServerBuilder};
+    /// let page = userfaultfd::page_size();
+    /// let image: Vec<u8> = (0..16 * page).map(|i| (i / page) as u8).collect();
+    /// // The image in a memfd's page cache (written through a view of its own)...
+    /// let file = mmap::SharedMemory::new("image", (16 * page) as u64)?;
+    /// mmap::MemoryMapping::from_fd(&file, 16 * page)?.write_slice(&image, 0)?;
+    /// // ...and the guest's view of it, served by CONTINUE.
+    /// let guest = Arc::new(mmap::MemoryMapping::from_fd(&file, 16 * page)?);
+    /// let server = ServerBuilder::new()
+    ///     .region(Region::new(guest.clone(), Arc::new(MemorySource::new(image))).minor())
+    ///     .start(userfaultfd::UffdBuilder::new().user_mode_only(true).create()?)?;
+    /// assert_eq!(guest.read_obj::<u8>(9 * page)?, 9);
+    /// let stats = server.shutdown()?;
+    /// assert!(stats.pages_continue > 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn minor(mut self) -> Region {
+        self.minor = true;
         self
     }
 

@@ -16,7 +16,7 @@ use super::error::ServeError;
 use super::state::{PageStates, CLAIMED, CLAIMED_ZERO, GONE, MISSING, PRESENT, REMOVED};
 use super::stats::Counters;
 use super::working_set::Recorder;
-use crate::{CopyMode, Error, Event, FeatureFlags, PageMap, Uffd};
+use crate::{ContinueMode, CopyMode, Error, Event, FeatureFlags, PageMap, Uffd};
 
 #[derive(Default)]
 pub(super) struct Status {
@@ -30,6 +30,8 @@ pub(super) struct Served {
     pub(super) base: AtomicUsize,
     pub(super) len: usize,
     pub(super) page_size: usize,
+    /// Served with `UFFDIO_CONTINUE` (a shared file mapping registered MINOR).
+    pub(super) minor: bool,
     pub(super) states: PageStates,
     /// Pages written since the last `dirty_pages` (synchronous dirty tracking only).
     pub(super) written: Option<Box<[AtomicBool]>>,
@@ -241,6 +243,77 @@ impl Shared {
         bounce: &mut [u8],
         write: bool,
     ) {
+        if self.regions[ri].minor {
+            self.fill_minor(ri, first, end, path, bounce, write);
+        } else {
+            self.fill_copy(ri, first, end, path, bounce, write);
+        }
+    }
+
+    /// [`fill`](Self::fill) for a region over a shared file mapping: map the file's own
+    /// pages (`UFFDIO_CONTINUE`, no copy). A page not in the file's page cache is copied from
+    /// the source instead (which adds it to the page cache); the rest of the run is given back,
+    /// to be continued on its own.
+    fn fill_minor(
+        &self,
+        ri: usize,
+        first: usize,
+        end: usize,
+        path: Path,
+        bounce: &mut [u8],
+        write: bool,
+    ) {
+        let r = &self.regions[ri];
+        let guard = self.event_lock.as_ref().map(|l| l.read());
+        let end = self.still_claimed(ri, first, end);
+        if end == first {
+            return;
+        }
+        let len = (end - first) * r.page_size;
+        let mode = if self.dirty.is_some() && !write {
+            ContinueMode::WP
+        } else {
+            ContinueMode::empty()
+        };
+        let res = self.uffd.continue_with_mode(r.addr_of(first), len, mode);
+        drop(guard);
+        match res {
+            Ok(_) => {
+                Counters::add(&self.counters.copy_ioctls, 1);
+                Counters::add(&self.counters.pages_continue, (end - first) as u64);
+                if write {
+                    self.mark_written(ri, first, end);
+                }
+                self.resolved(ri, first, end, path);
+            }
+            Err(Error::PartialProgress { done, .. }) => {
+                let mid = first + done / r.page_size;
+                Counters::add(&self.counters.pages_continue, (mid - first) as u64);
+                self.resolved(ri, first, mid, path);
+                self.release(ri, mid, end);
+            }
+            Err(Error::Os {
+                errno: Errno::EFAULT,
+                ..
+            }) => {
+                // Not in the page cache: copy this page from the source.
+                self.release(ri, first + 1, end);
+                self.fill_copy(ri, first, first + 1, path, bounce, write);
+            }
+            Err(e) => self.copy_failed(ri, first, end, path, e),
+        }
+    }
+
+    /// [`fill`](Self::fill) by `UFFDIO_COPY` (or `UFFDIO_ZEROPAGE`) from the source.
+    fn fill_copy(
+        &self,
+        ri: usize,
+        first: usize,
+        end: usize,
+        path: Path,
+        bounce: &mut [u8],
+        write: bool,
+    ) {
         let r = &self.regions[ri];
         let ps = r.page_size;
         let offset = r.source_offset + (first * ps) as u64;
@@ -262,7 +335,7 @@ impl Shared {
                     // Narrow the failure down to the pages that fail on their own, so that
                     // one bad page costs one page.
                     for p in first..end {
-                        self.fill(ri, p, p + 1, path, bounce, write);
+                        self.fill_copy(ri, p, p + 1, path, bounce, write);
                     }
                     return;
                 }

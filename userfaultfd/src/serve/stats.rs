@@ -103,6 +103,7 @@ pub(crate) struct Counters {
     pub pages_background: AtomicU64,
     pub pages_replay: AtomicU64,
     pub pages_zero: AtomicU64,
+    pub pages_continue: AtomicU64,
     pub pages_removed_zero: AtomicU64,
     pub bytes_copied: AtomicU64,
     pub copy_ioctls: AtomicU64,
@@ -125,6 +126,7 @@ impl Counters {
             pages_background: AtomicU64::new(0),
             pages_replay: AtomicU64::new(0),
             pages_zero: AtomicU64::new(0),
+            pages_continue: AtomicU64::new(0),
             pages_removed_zero: AtomicU64::new(0),
             bytes_copied: AtomicU64::new(0),
             copy_ioctls: AtomicU64::new(0),
@@ -153,6 +155,7 @@ impl Counters {
             pages_background: g(&self.pages_background),
             pages_replay: g(&self.pages_replay),
             pages_zero: g(&self.pages_zero),
+            pages_continue: g(&self.pages_continue),
             pages_removed_zero: g(&self.pages_removed_zero),
             bytes_copied: g(&self.bytes_copied),
             copy_ioctls: g(&self.copy_ioctls),
@@ -186,6 +189,9 @@ pub struct Stats {
     pub pages_replay: u64,
     /// Of all the above, pages mapped as zero pages because the source said they were zero.
     pub pages_zero: u64,
+    /// Of all the above, pages mapped from the file's page cache with `UFFDIO_CONTINUE`
+    /// (regions made [`minor`](super::Region::minor)): no copy.
+    pub pages_continue: u64,
     /// Pages served as zeros after a REMOVE event (never from the source).
     pub pages_removed_zero: u64,
     /// Bytes copied into the regions with `UFFDIO_COPY`.
