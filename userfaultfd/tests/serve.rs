@@ -977,3 +977,96 @@ fn minor_regions_map_the_page_cache_and_copy_only_its_holes() {
     assert_eq!(stats.pages_continue, pages as u64 - holes, "{stats:?}");
     assert_eq!(stats.bytes_copied, holes * page as u64, "{stats:?}");
 }
+
+#[test]
+fn a_forked_child_is_served_through_on_fork() {
+    let page = ps();
+    let pages = 64;
+    let uffd = match UffdBuilder::new()
+        .user_mode_only(true)
+        .require_features(FeatureFlags::EVENT_FORK)
+        .create()
+    {
+        Ok(u) => u,
+        Err(e) => {
+            println!("SKIPPED a_forked_child_is_served_through_on_fork: EVENT_FORK: {e}");
+            return;
+        }
+    };
+    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let src: Arc<dyn PageSource> = Arc::new(MemorySource::new(image(pages, page)));
+    let children: Arc<Mutex<Vec<Server>>> = Arc::new(Mutex::new(Vec::new()));
+    let (addr, len) = (m.as_ptr() as usize, pages * page);
+    let server = {
+        let children = Arc::clone(&children);
+        let src = Arc::clone(&src);
+        ServerBuilder::new()
+            .region(Region::new(m.clone(), src.clone()))
+            .background_threads(0)
+            .prefetch(0)
+            .on_fork(move |child_uffd| {
+                // The child's copy of the region, served by a server of its own.
+                // SAFETY: the range is the child's copy of `m`, which its uffd covers.
+                let region = unsafe {
+                    Region::from_raw_parts(addr as *mut libc::c_void, len, page, src.clone())
+                };
+                let s = ServerBuilder::new()
+                    .region(region)
+                    .register(false)
+                    .background_threads(0)
+                    .start(child_uffd)
+                    .expect("child server");
+                children.lock().unwrap().push(s);
+            })
+            .start(uffd)
+            .unwrap()
+    };
+    // Page 0 is served in the parent before the fork; the child sees it (copied by fork) and
+    // faults on the others, served through its own uffd.
+    assert_eq!(m.read_obj::<u8>(0).unwrap(), byte_of(0));
+    // SAFETY: the child only performs volatile reads and _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let mut code = 0;
+        for p in 0..pages {
+            // SAFETY: the page is mapped in the child (a copy of our address space).
+            let v = unsafe { std::ptr::read_volatile((addr + p * page) as *const u8) };
+            if v != byte_of(p) {
+                code = 1;
+            }
+        }
+        // SAFETY: ends the child without running destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let status = wait_child_bounded(pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status:#x}"
+    );
+    let kids = std::mem::take(&mut *children.lock().unwrap());
+    assert_eq!(kids.len(), 1);
+    let child_stats = kids.into_iter().next().unwrap().shutdown().unwrap();
+    // Page 0 was already there (copied by fork: EEXIST, counted once); the rest was served.
+    assert_eq!(child_stats.pages_present(), pages as u64, "{child_stats:?}");
+    assert!(child_stats.demand_faults >= 1, "{child_stats:?}");
+    let stats = server.shutdown().unwrap();
+    assert_eq!(stats.events, 1, "{stats:?}");
+}
+
+/// Waits for child `pid` through a pidfd, at most [`TIMEOUT`] (then kills it and fails).
+fn wait_child_bounded(pid: libc::pid_t) -> i32 {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(fd >= 0, "pidfd_open: {}", io::Error::last_os_error());
+    // SAFETY: a new descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    if common::poll_in(&fd, common::TIMEOUT_MS) == 0 {
+        // SAFETY: kills our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let mut status = 0;
+    // SAFETY: reaps our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    status
+}
