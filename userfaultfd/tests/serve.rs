@@ -1044,8 +1044,12 @@ fn a_forked_child_is_served_through_on_fork() {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "child status {status:#x}"
     );
+    // The child server serves faults from the moment its threads start, which can be before
+    // the callback that started it has stored it.
+    common::wait_until("the child server to be stored", || {
+        children.lock().unwrap().len() == 1
+    });
     let kids = std::mem::take(&mut *children.lock().unwrap());
-    assert_eq!(kids.len(), 1);
     let child_stats = kids.into_iter().next().unwrap().shutdown().unwrap();
     // Page 0 was already there (copied by fork: EEXIST, counted once); the rest was served.
     assert_eq!(child_stats.pages_present(), pages as u64, "{child_stats:?}");
