@@ -156,9 +156,36 @@ fn page_server_default() {
         &[],
         &[
             "listening on 127.0.0.1:",
-            "prefetched",
+            "aligned chunks of 16 pages), background fill off",
+            "demand faults: ",
+            "pages: 512 demand + 7680 prefetched + 0 background, failed: 0",
+            "on 1 connection(s); fault latency p50",
             "MB/s",
-            "verified: all 8192 pages",
+            "verified: all 8192 pages match the server's image, each received once",
+        ],
+    );
+}
+
+#[test]
+fn page_server_without_prefetch() {
+    // One page per fault.
+    assert_runs(
+        env!("CARGO_BIN_EXE_page-server"),
+        &["--pages", "300", "--prefetch", "1"],
+        &[
+            "pages: 300 demand + 0 prefetched",
+            "requests: 300 ",
+            "verified: all 300 pages",
+        ],
+    );
+    // 3 rounds down to chunks of 2 pages.
+    assert_runs(
+        env!("CARGO_BIN_EXE_page-server"),
+        &["--pages", "300", "--prefetch", "3"],
+        &[
+            "aligned chunks of 2 pages",
+            "pages: 150 demand + 150 prefetched",
+            "verified: all 300 pages",
         ],
     );
 }
@@ -167,7 +194,10 @@ fn page_server_default() {
 fn page_server_bad_arguments() {
     let bin = env!("CARGO_BIN_EXE_page-server");
     assert_usage(bin, &["--prefetch", "0"]);
+    assert_usage(bin, &["--prefetch", "2000"]);
+    assert_usage(bin, &["--pages", "0"]);
     assert_usage(bin, &["--serve", "--connect", "127.0.0.1:1"]);
+    assert_usage(bin, &["--connect"]);
 }
 
 #[test]

@@ -1,27 +1,27 @@
 //! Post-copy over TCP: pages are pulled from another process on demand.
 //!
 //! By default the program starts a copy of itself with `--serve`: that process holds a memory
-//! image and serves page requests on an ephemeral port of 127.0.0.1. This process (the
-//! destination) registers an empty private region with userfaultfd; each missing-page fault
-//! becomes a request for the faulting page plus its not-yet-received neighbours (prefetch), and
-//! the reply is placed with one `UFFDIO_COPY`. The main thread touches every page in random order
-//! and then verifies the whole image.
-//!
-//! Wire protocol (native-endian u64s): the server first sends `pages, page_size`; each request
-//! is `first_page, count`, answered by `count * page_size` bytes.
+//! image and serves it on an ephemeral port of 127.0.0.1 with the runtime's page server
+//! ([`TcpImageServer`], the page-server protocol of `userfaultfd::serve`: a greeting with the
+//! image's length, then `offset, len` requests answered by a status and the bytes). This process
+//! (the destination) maps an empty private region and serves its faults with the runtime
+//! ([`ServerBuilder`]) from a [`TcpSource`] connected to that server: each missing-page fault is
+//! resolved with the faulting page and the rest of its aligned chunk of `--prefetch` pages
+//! (prefetch), fetched in one request and placed with one `UFFDIO_COPY`. Background fill is
+//! off, so every page arrives because a fault asked for it. The main thread touches every page
+//! in random order, then the program prints the runtime's statistics (demand faults, pages by
+//! path, fault latency, requests) and verifies the whole image.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use examples::{
-    check_page, fail, fill_page, finish, mb_per_s, page_size, wait_child, wait_readable, Args, Rng,
-    StopSignal, Wait,
-};
+use examples::{check_page, fail, fill_page, finish, mb_per_s, page_size, wait_child, Args, Rng};
 use mmap::MemoryMappingBuilder;
-use userfaultfd::{Error, Event, EventBuffer, Uffd, UffdBuilder};
+use userfaultfd::serve::{PageSource, Region, ServerBuilder, TcpImageServer, TcpSource};
+use userfaultfd::UffdBuilder;
 
 const USAGE: &str = "\
 usage: page-server [--pages N] [--prefetch K]
@@ -33,226 +33,165 @@ region with userfaultfd and pulls pages on demand, with prefetch of neighbouring
 With no arguments it starts a server process (--serve) on 127.0.0.1 and connects to it.
 
   --pages N      image size in pages (default 8192)
-  --prefetch K   pages requested per fault, the faulting one included (default 16)
+  --prefetch K   pages fetched per fault, the faulting one included: the fault's aligned
+                 chunk of K pages, K rounded down to a power of two (default 16)
   --serve        be the server: print \"listening on ADDR\" and serve one client
+                 (until all of its connections are closed)
   --connect ADDR be only the client of a server started with --serve";
 
 const SEED: u64 = 0x9a9e;
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn put(w: &mut impl Write, v: u64) -> std::io::Result<()> {
-    w.write_all(&v.to_ne_bytes())
+/// The image the server holds, generated on request: page `n` is `fill_page(SEED, n)`.
+struct Pattern {
+    pages: u64,
+    ps: usize,
 }
 
-fn get(r: &mut impl Read) -> std::io::Result<u64> {
-    let mut b = [0u8; 8];
-    r.read_exact(&mut b)?;
-    Ok(u64::from_ne_bytes(b))
-}
+impl PageSource for Pattern {
+    fn len(&self) -> u64 {
+        self.pages * self.ps as u64
+    }
 
-fn serve(pages: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let ps = page_size();
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    println!("listening on {}", listener.local_addr()?);
-    std::io::stdout().flush()?;
-    let (mut s, _) = listener.accept()?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_nodelay(true)?;
-    put(&mut s, pages as u64)?;
-    put(&mut s, ps as u64)?;
-    let mut out = Vec::new();
-    let mut requests = 0u64;
-    loop {
-        let first = match get(&mut s) {
-            Ok(v) => v,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(e.into()),
-        };
-        let count = get(&mut s)?;
-        if count == 0
-            || first
-                .checked_add(count)
-                .map_or(true, |end| end > pages as u64)
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        if offset
+            .checked_add(buf.len() as u64)
+            .map_or(true, |e| e > self.len())
         {
-            return Err(fail(format!("bad request: {count} pages from {first}")));
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        out.resize(count as usize * ps, 0);
-        for (k, page) in out.chunks_mut(ps).enumerate() {
-            fill_page(SEED, first + k as u64, page);
-        }
-        s.write_all(&out)?;
-        requests += 1;
-    }
-    eprintln!("page-server: served {requests} requests; client disconnected");
-    Ok(())
-}
-
-struct Client<'a> {
-    uffd: &'a Uffd,
-    conn: TcpStream,
-    base: usize,
-    pages: usize,
-    prefetch: usize,
-    placed: Vec<bool>,
-    faults: u64,
-    requests: u64,
-    received: u64,
-}
-
-impl Client<'_> {
-    fn run(&mut self, stop: &StopSignal) -> Result<(), String> {
-        let ps = page_size();
-        let mut buf = EventBuffer::new(16);
-        let mut data = vec![0u8; self.prefetch * ps];
-        loop {
-            match wait_readable(&[self.uffd.as_fd()], Some(stop), IO_TIMEOUT) {
-                Ok(Wait::Ready(_)) => {}
-                Ok(Wait::Stopped) => return Ok(()),
-                other => return Err(format!("waiting for faults: {other:?}")),
-            }
-            for event in self.uffd.read_events(&mut buf).map_err(|e| e.to_string())? {
-                match event.map_err(|e| e.to_string())? {
-                    Event::Pagefault { addr, .. } => {
-                        self.faults += 1;
-                        self.fetch((addr as usize - self.base) / ps, &mut data)
-                            .map_err(|e| e.to_string())?;
-                    }
-                    other => return Err(format!("unexpected event {other:?}")),
-                }
-            }
-        }
-    }
-
-    /// Places page `p` and the unreceived pages around it (a quarter of the window before it).
-    fn fetch(&mut self, p: usize, data: &mut [u8]) -> Result<(), Box<dyn std::error::Error>> {
-        let ps = page_size();
-        let dst = |i: usize| (self.base + i * ps) as *mut libc::c_void;
-        if p >= self.pages {
-            return Err(fail(format!("fault on page {p}, beyond the image")));
-        }
-        if self.placed[p] {
-            // Delivered again after it was resolved: just wake.
-            self.uffd.wake(dst(p), ps)?;
-            return Ok(());
-        }
-        let mut first = p;
-        while first > 0 && p - (first - 1) < self.prefetch / 4 && !self.placed[first - 1] {
-            first -= 1;
-        }
-        let mut end = p + 1;
-        while end < self.pages && end - first < self.prefetch && !self.placed[end] {
-            end += 1;
-        }
-        let count = end - first;
-        put(&mut self.conn, first as u64)?;
-        put(&mut self.conn, count as u64)?;
-        self.conn.read_exact(&mut data[..count * ps])?;
-        self.requests += 1;
-        self.received += count as u64;
+        let ps = self.ps as u64;
+        let mut page = Vec::new();
         let mut done = 0;
-        while done < count * ps {
-            // SAFETY: `[first, end)` are missing pages of the region this program registered and
-            // owns; `data` holds their bytes.
-            let r = unsafe {
-                self.uffd.copy(
-                    data[done..].as_ptr().cast(),
-                    dst(first).wrapping_byte_add(done),
-                    count * ps - done,
-                    true,
-                )
-            };
-            match r {
-                Ok(n) => done += n,
-                Err(Error::PartialProgress { done: d, .. }) => done += d,
-                Err(Error::AlreadyMapped { .. }) => {
-                    self.uffd.wake(dst(first).wrapping_byte_add(done), ps)?;
-                    done += ps;
-                }
-                Err(e) => return Err(e.into()),
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let (index, inner) = (at / ps, (at % ps) as usize);
+            let n = (self.ps - inner).min(buf.len() - done);
+            if n == self.ps {
+                fill_page(SEED, index, &mut buf[done..done + n]);
+            } else {
+                // A part of a page: generate it whole, copy the part.
+                page.resize(self.ps, 0);
+                fill_page(SEED, index, &mut page);
+                buf[done..done + n].copy_from_slice(&page[inner..inner + n]);
             }
-        }
-        for x in &mut self.placed[first..end] {
-            *x = true;
+            done += n;
         }
         Ok(())
     }
 }
 
+fn serve(pages: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    println!("listening on {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    let image = Arc::new(Pattern {
+        pages: pages as u64,
+        ps: page_size(),
+    });
+    let server = TcpImageServer::new(listener, image)
+        .io_timeout(IO_TIMEOUT)
+        .idle_timeout(IO_TIMEOUT)
+        .start()?;
+    // One client: done once it connected and all of its connections are closed.
+    while !server.wait_idle(Duration::from_secs(3600)) {}
+    let stats = server.shutdown();
+    eprintln!(
+        "page-server: served {} requests ({} MiB) on {} connections; client disconnected",
+        stats.requests,
+        stats.bytes >> 20,
+        stats.connections
+    );
+    if stats.refused > 0 {
+        return Err(fail(format!("refused {} bad requests", stats.refused)));
+    }
+    Ok(())
+}
+
 fn client(addr: &str, prefetch: usize) -> Result<(), Box<dyn std::error::Error>> {
     let ps = page_size();
-    let mut conn = TcpStream::connect(addr)?;
-    conn.set_read_timeout(Some(IO_TIMEOUT))?;
-    conn.set_nodelay(true)?;
-    let pages = get(&mut conn)? as usize;
-    let remote_ps = get(&mut conn)? as usize;
-    if remote_ps != ps || pages == 0 {
+    let source = Arc::new(
+        TcpSource::builder()
+            .io_timeout(IO_TIMEOUT)
+            .connections(2)
+            .connect(addr)?,
+    );
+    let len = usize::try_from(source.len())?;
+    if len == 0 || len % ps != 0 {
         return Err(fail(format!(
-            "server has {pages} pages of {remote_ps} bytes; we use {ps}"
+            "the server's image has {len} bytes, not a whole number of {ps}-byte pages"
         )));
     }
-    let len = pages * ps;
+    let pages = len / ps;
     let region = MemoryMappingBuilder::new(len)
         .private()
         .noreserve()
         .build()?;
     region.disable_hugepages()?;
-    let uffd = UffdBuilder::new()
-        .non_blocking(true)
-        .user_mode_only(true)
-        .create()?;
-    uffd.register_region(&region, userfaultfd::RegisterMode::MISSING)?;
-    println!("client: connected to {addr}; {pages} pages ({} MiB) registered at {:p}, prefetch {prefetch}", len >> 20, region.as_ptr());
-
-    let stop = StopSignal::new()?;
-    let mut c = Client {
-        uffd: &uffd,
-        conn,
-        base: region.as_ptr() as usize,
-        pages,
-        prefetch,
-        placed: vec![false; pages],
-        faults: 0,
-        requests: 0,
-        received: 0,
-    };
-    let t = Instant::now();
-    let handler_result = std::thread::scope(|s| {
-        let h = s.spawn(|| {
-            let r = c.run(&stop);
-            if r.is_err() {
-                let _ = uffd.unregister_region(&region);
-            }
-            r
-        });
-        let mut order: Vec<usize> = (0..pages).collect();
-        Rng::new(SEED).shuffle(&mut order);
-        let mut sink = 0u8;
-        for p in order {
-            sink ^= region.read_obj::<u8>(p * ps).unwrap_or(0);
-        }
-        std::hint::black_box(sink);
-        stop.signal();
-        h.join()
-    });
-    let elapsed = t.elapsed();
-    // Every page is here: let the server go now (it exits on EOF) rather than after the
-    // verification below, which could outlast its read time-out on a slow machine.
-    let _ = c.conn.shutdown(std::net::Shutdown::Both);
-    handler_result
-        .map_err(|_| fail("the fault handler panicked"))?
-        .map_err(|e| fail(format!("fault handler: {e}")))?;
+    let region = Arc::new(region);
+    // The runtime's prefetch is a power-of-two chunk in bytes, aligned; the window does not
+    // grow (faults come in random order anyway).
+    let chunk = 1usize << prefetch.ilog2();
+    let uffd = UffdBuilder::new().user_mode_only(true).create()?;
+    let server = ServerBuilder::new()
+        .region(Region::new(region.clone(), source.clone()))
+        .prefetch(chunk * ps)
+        .prefetch_max(chunk * ps)
+        .background_threads(0)
+        .start(uffd)?;
     println!(
-        "faults: {}, requests: {}, pages received: {} ({} prefetched)",
-        c.faults,
-        c.requests,
-        c.received,
-        c.received - c.faults.min(c.received)
+        "client: connected to {addr}; {pages} pages ({} MiB) registered at {:p}, prefetch \
+         {prefetch} (aligned chunks of {chunk} pages), background fill off",
+        len >> 20,
+        region.as_ptr()
+    );
+
+    let t = Instant::now();
+    let mut order: Vec<usize> = (0..pages).collect();
+    Rng::new(SEED).shuffle(&mut order);
+    let mut sink = 0u8;
+    for p in order {
+        sink ^= region.read_obj::<u8>(p * ps)?;
+    }
+    std::hint::black_box(sink);
+    let elapsed = t.elapsed();
+    let halted = server.halted();
+    let stats = server.shutdown()?;
+    let net = source.stats();
+    // Every page is here: close the connections so the server exits now, not after the
+    // verification below.
+    drop(source);
+    if let Some(why) = halted {
+        return Err(fail(format!("the fault server stopped: {why}")));
+    }
+    println!(
+        "demand faults: {}, pages: {} demand + {} prefetched + {} background, failed: {}",
+        stats.demand_faults,
+        stats.pages_demand,
+        stats.pages_prefetch,
+        stats.pages_background,
+        stats.pages_failed
+    );
+    println!(
+        "requests: {} ({} MiB) on {} connection(s); fault latency p50 {:?}, p99 {:?}, max {:?}",
+        net.requests,
+        net.bytes >> 20,
+        net.connections,
+        stats.latency.p50,
+        stats.latency.p99,
+        stats.latency.max
     );
     println!(
         "elapsed: {:.3} s, throughput: {:.1} MB/s",
         elapsed.as_secs_f64(),
         mb_per_s(len as u64, elapsed)
     );
+    if stats.source_errors > 0 || stats.pages_failed > 0 {
+        return Err(fail(format!(
+            "{} source errors, {} pages failed",
+            stats.source_errors, stats.pages_failed
+        )));
+    }
     let mut got = vec![0u8; ps];
     let mut scratch = vec![0u8; ps];
     for p in 0..pages {
@@ -263,10 +202,14 @@ fn client(addr: &str, prefetch: usize) -> Result<(), Box<dyn std::error::Error>>
             )));
         }
     }
-    if c.received != pages as u64 {
-        return Err(fail(format!("received {} pages for {pages}", c.received)));
+    if stats.pages_present() != pages as u64 || net.bytes != len as u64 {
+        return Err(fail(format!(
+            "{} pages present and {} bytes received for {pages} pages",
+            stats.pages_present(),
+            net.bytes
+        )));
     }
-    println!("verified: all {pages} pages match the server's image");
+    println!("verified: all {pages} pages match the server's image, each received once");
     Ok(())
 }
 
@@ -284,7 +227,7 @@ fn spawn_and_run(pages: usize, prefetch: usize) -> Result<(), Box<dyn std::error
         }
         None => Err(fail(format!("the server said {line:?}"))),
     };
-    // The client's connection is closed now; the server exits on EOF.
+    // The client's connections are closed now; the server exits once all of them are.
     let status = wait_child(child.id() as libc::pid_t, IO_TIMEOUT)?;
     result?;
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {

@@ -70,6 +70,7 @@ mod shared;
 mod source;
 mod state;
 mod stats;
+pub mod tcp;
 mod threads;
 mod working_set;
 
@@ -82,4 +83,5 @@ pub use region::Region;
 pub use server::{DirtyRange, Server};
 pub use source::{DirectView, MemorySource, PageSource};
 pub use stats::{Latency, Stats};
+pub use tcp::{TcpImageServer, TcpImageServerHandle, TcpSource, TcpSourceBuilder};
 pub use working_set::{WorkingSet, WorkingSetError};
