@@ -881,7 +881,8 @@ pub struct ConnectionStats {
 /// # fn main() -> std::io::Result<()> {
 /// use std::net::{TcpListener, TcpStream};
 /// use std::time::Duration;
-/// use userfaultfd::serve::{serve_connection, MemorySource, PageSource, TcpSource};
+/// use userfaultfd::serve::tcp::serve_connection;
+/// use userfaultfd::serve::{MemorySource, PageSource, TcpSource};
 ///
 /// let listener = TcpListener::bind("127.0.0.1:0")?;
 /// let addr = listener.local_addr()?;
