@@ -861,7 +861,8 @@ fn vmm_child(sock: i32, addr: usize, pages: usize, page: usize) -> i32 {
             start: addr as u64,
             len: (pages * page) as u64,
         },
-        mode: userfaultfd::sys::UFFDIO_REGISTER_MODE_MISSING,
+        mode: userfaultfd::sys::UFFDIO_REGISTER_MODE_MISSING
+            | userfaultfd::sys::UFFDIO_REGISTER_MODE_WP,
         ioctls: 0,
     };
     // SAFETY: a live uffdio_register over this child's copy of the parent's mapping.
@@ -882,6 +883,11 @@ fn vmm_child(sock: i32, addr: usize, pages: usize, page: usize) -> i32 {
         if v != byte_of(p) {
             return 20;
         }
+    }
+    // Two writes for the server's dirty tracking (write-protect faults it resolves).
+    for p in [3, 7] {
+        // SAFETY: as above; the write waits until the server unprotects the page.
+        unsafe { std::ptr::write_volatile((addr + p * page) as *mut u8, 0xee) };
     }
     0
 }
@@ -928,6 +934,7 @@ fn serving_another_process_until_it_exits() {
         .register(false)
         .background_threads(0)
         .monitored_process(pid)
+        .track_dirty(true)
         .start(uffd)
         .unwrap();
     // SAFETY: writes the go byte from a live buffer.
@@ -944,8 +951,12 @@ fn serving_another_process_until_it_exits() {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "child status {status:#x}"
     );
+    // The process is gone, but the pages it wrote are the server's own record.
+    let dirty = server.dirty_pages().unwrap();
+    assert_eq!(dirty_set(&dirty, page), vec![3, 7]);
     let stats = server.shutdown().unwrap();
     assert_eq!(stats.pages_present(), pages as u64, "{stats:?}");
+    assert_eq!(stats.wp_faults, 2, "{stats:?}");
     drop(guest);
 }
 

@@ -106,7 +106,9 @@ impl Server {
     /// recorded at write-protect faults, write-protected again here.
     ///
     /// A write that races with the call is reported by this call or by the next one, never
-    /// lost. Pages not yet populated are never reported (they hold source data).
+    /// lost. Pages not yet populated are never reported (they hold source data). With
+    /// write-protect faults (no `WP_ASYNC`) the record is the server's own, so a last call
+    /// after the served process exited still returns what it wrote (nothing is re-armed).
     ///
     /// # Errors
     ///
@@ -162,12 +164,20 @@ impl Server {
                             p += 1;
                         }
                         let len = (p - first) * r.page_size;
-                        if let Err(e) = s.uffd.write_protect(r.addr_of(first), len) {
-                            // Not re-armed: keep them recorded for the next call.
-                            for bit in &w[first..p] {
-                                bit.store(true, Ordering::Release);
+                        match s.uffd.write_protect(r.addr_of(first), len) {
+                            // ESRCH: the process is gone; nothing to re-arm, the record is final.
+                            Ok(())
+                            | Err(crate::Error::Os {
+                                errno: nix::errno::Errno::ESRCH,
+                                ..
+                            }) => {}
+                            Err(e) => {
+                                // Not re-armed: keep them recorded for the next call.
+                                for bit in &w[first..p] {
+                                    bit.store(true, Ordering::Release);
+                                }
+                                return Err(e.into());
                             }
-                            return Err(e.into());
                         }
                         push(ri, first * r.page_size, len);
                     }
