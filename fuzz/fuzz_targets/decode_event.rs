@@ -1,6 +1,7 @@
 //! `Message::from_bytes` on arbitrary 32-byte messages: never panics, agrees with
 //! `Message::decode` of the same bytes as a `uffd_msg`, and decodes every field of the five
-//! known events from the offsets of `struct uffd_msg` (kernel-uapi.md §1.7).
+//! known events from the offsets of `struct uffd_msg` (`event` at 0, the `arg` union at 8; see
+//! `userfaultfd(2)`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

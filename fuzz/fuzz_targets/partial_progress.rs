@@ -16,7 +16,7 @@ const OPS: [Operation; 5] = [
     Operation::Move,
 ];
 
-/// The rule as documented on `userfaultfd::Error` (kernel-uapi.md §1.6).
+/// The rule as documented on `userfaultfd::Error` and in `ioctl_userfaultfd(2)`.
 fn model(
     op: Operation,
     ret: Result<i32, Errno>,

@@ -355,7 +355,7 @@ fn events_and_pagefault_flags() {
 
 #[test]
 fn the_17_feature_bits() {
-    // (constant, bit number) in the order of the header and of kernel-uapi.md §1.3.
+    // (constant, bit number) in the order of the header (`linux/userfaultfd.h`).
     let features: [(u64, u32, &str); 17] = [
         (UFFD_FEATURE_PAGEFAULT_FLAG_WP, 0, "PAGEFAULT_FLAG_WP"),
         (UFFD_FEATURE_EVENT_FORK, 1, "EVENT_FORK"),

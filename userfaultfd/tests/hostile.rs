@@ -342,8 +342,9 @@ fn ranges_crossing_a_mapping_end() {
         // SAFETY: the range is outside any registered VMA; the kernel refuses it.
         let r = unsafe { uffd.copy(src.page(0), m.page(1), 2 * ps, true) };
         assert_os(r, Operation::Copy, Errno::ENOENT);
-        // Registering such a range is accepted by 6.18 (only the mapped part is registered;
-        // see kernel-uapi.md §1.11 on gaps), so only a range with no mapping at all fails.
+        // Registering such a range is accepted by 6.18 (only the mapped part is registered: a
+        // range spanning a gap between mappings registers), so only a range with no mapping
+        // at all fails.
         let tail = m.page(2);
         assert_os(
             uffd.register(tail, 2 * ps),
@@ -412,7 +413,7 @@ fn range_owned_by_another_uffd() {
             Errno::EBUSY,
         );
         assert_os(b.register(m.page(1), ps), Operation::Register, Errno::EBUSY);
-        // UNREGISTER through the wrong uffd is EINVAL, not EBUSY (kernel-uapi.md §1.5).
+        // UNREGISTER through the wrong uffd is EINVAL, not EBUSY (seen on 6.18).
         assert_os(
             b.unregister(m.page(0), ps),
             Operation::Unregister,

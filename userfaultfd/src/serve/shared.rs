@@ -365,10 +365,9 @@ impl Shared {
         let res = if zero {
             self.zero(r, dst, len, mode)
         } else {
-            // SAFETY: `dst..dst+len` lies in a served region, claimed by this thread (the
-            // region's builder vouched that the server may define its contents); `src` is
-            // readable for `len` bytes (a direct view checked by `at`, or the bounce buffer
-            // just filled), and nothing writes it meanwhile.
+            // SAFETY: `dst..dst+len` is a claimed range of a served region, whose builder
+            // vouched that the server may define it; `src` is readable for `len` bytes (a
+            // checked direct view, or the bounce buffer just filled) and nothing writes it.
             unsafe { self.uffd.copy_with_mode(src.cast(), dst, len, mode) }
         };
         drop(_guard);

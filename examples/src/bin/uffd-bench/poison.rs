@@ -4,7 +4,7 @@
 //! How the toucher continues: the `SIGBUS` handler checks that the address is the next page of
 //! the poisoned range, counts it, and then replaces the poison marker with a real page by
 //! issuing `UFFDIO_COPY` of a marker page onto the poisoned address (on Linux 6.18 COPY over a
-//! poison marker succeeds: kernel-uapi.md §1.6). When the handler returns, the faulting load
+//! poison marker succeeds, as seen here). When the handler returns, the faulting load
 //! is restarted and now reads the marker page. Everything the handler does is async-signal-safe:
 //! atomics, one `ioctl(2)` (a plain system call), and, should that COPY fail, one `mmap(2)`
 //! with `MAP_FIXED` of an anonymous page over the address so the load still completes (and the
