@@ -18,11 +18,8 @@
 //! userfaultfd (which lets the faulting thread finish) before it panics, so the test fails
 //! instead of hanging.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::os::fd::AsRawFd;
 use std::ptr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -31,52 +28,10 @@ use userfaultfd::{
     Error, Event, EventBuffer, FaultKind, FeatureFlags, RegisterMode, Uffd, UffdBuilder,
 };
 
-/// Counts allocations made by threads whose `COUNTING` flag is set.
-struct CountingAlloc;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    // A const-initialised `Cell<bool>` has no destructor and needs no lazy initialisation, so
-    // reading it from inside the allocator cannot itself allocate or recurse.
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn note_alloc() {
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to `System`, which upholds the `GlobalAlloc` contract; the
-// counting touches only an atomic and a thread-local `Cell`.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: forwarded unchanged from our caller, who upholds `alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: as in `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_alloc();
-        // SAFETY: as in `alloc`; `p` was allocated by `System` through this allocator.
-        unsafe { System.realloc(p, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        // SAFETY: `p` was allocated by `System` through this allocator with `layout`.
-        unsafe { System.dealloc(p, layout) }
-    }
-}
+mod counting_alloc;
 
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static GLOBAL: counting_alloc::CountingAlloc = counting_alloc::CountingAlloc;
 
 const PAGE: usize = 4096;
 /// Pages in each of the three faulting regions (anonymous MISSING, memfd MINOR, anonymous WP).
@@ -244,11 +199,11 @@ fn fault_hot_path_does_not_allocate() {
     });
 
     // The counter works: one allocation inside a trial window is seen.
-    COUNTING.with(|c| c.set(true));
+    counting_alloc::count_this_thread(true);
     drop(std::hint::black_box(Box::new(7u8)));
-    COUNTING.with(|c| c.set(false));
+    counting_alloc::count_this_thread(false);
     assert_eq!(
-        ALLOCS.swap(0, Ordering::Relaxed),
+        counting_alloc::take_allocations(),
         1,
         "the counting allocator counts"
     );
@@ -264,9 +219,9 @@ fn fault_hot_path_does_not_allocate() {
     };
 
     // --- The window: only the handler thread's allocations count. ---
-    COUNTING.with(|c| c.set(true));
+    counting_alloc::count_this_thread(true);
     let outcome = state.serve(&uffd, &mut buf);
-    COUNTING.with(|c| c.set(false));
+    counting_alloc::count_this_thread(false);
     if let Err(e) = outcome {
         // Closing the userfaultfd unregisters every range and wakes the faulting thread, which
         // then gets the kernel's default handling and finishes: fail, do not hang.
@@ -278,7 +233,7 @@ fn fault_hot_path_does_not_allocate() {
     let sum = toucher.join().expect("toucher");
 
     // --- Second window: write-protect and poison without faults. ---
-    COUNTING.with(|c| c.set(true));
+    counting_alloc::count_this_thread(true);
     let outcome = (|| {
         for i in 0..PAGES {
             uffd.write_protect(wp.page(i), PAGE)
@@ -293,8 +248,8 @@ fn fault_hot_path_does_not_allocate() {
         }
         Ok(())
     })();
-    COUNTING.with(|c| c.set(false));
-    let allocs = ALLOCS.load(Ordering::Relaxed);
+    counting_alloc::count_this_thread(false);
+    let allocs = counting_alloc::allocations();
     if let Err(e) = outcome {
         panic!("{e}");
     }

@@ -7,8 +7,6 @@
 //! waking, prefetching, recording latency) and background fill. Two windows: demand faults with
 //! prefetch and no background fill, then background fill alone. Every wait is bounded.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,46 +14,10 @@ use mmap::MemoryMapping;
 use userfaultfd::serve::{MemorySource, Region, Server, ServerBuilder};
 use userfaultfd::UffdBuilder;
 
-struct CountingAlloc;
-
-static WINDOW: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-fn note_alloc() {
-    if WINDOW.load(Ordering::Relaxed) {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to `System`, which upholds the `GlobalAlloc` contract; the
-// counting touches only atomics.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: forwarded unchanged from our caller, who upholds `alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: as in `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_alloc();
-        // SAFETY: as in `alloc`; `p` was allocated by `System` through this allocator.
-        unsafe { System.realloc(p, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        // SAFETY: `p` was allocated by `System` through this allocator with `layout`.
-        unsafe { System.dealloc(p, layout) }
-    }
-}
+mod counting_alloc;
 
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static GLOBAL: counting_alloc::CountingAlloc = counting_alloc::CountingAlloc;
 
 const PAGES: usize = 4096;
 const LIMIT: Duration = Duration::from_secs(30);
@@ -75,11 +37,11 @@ fn serve(m: &Arc<MemoryMapping>, builder: ServerBuilder) -> Server {
 
 /// Opens the window, runs `body`, closes it; returns the allocations counted.
 fn window(body: impl FnOnce()) -> usize {
-    ALLOCS.store(0, Ordering::SeqCst);
-    WINDOW.store(true, Ordering::SeqCst);
+    counting_alloc::take_allocations();
+    counting_alloc::count_everything(true);
     body();
-    WINDOW.store(false, Ordering::SeqCst);
-    ALLOCS.load(Ordering::SeqCst)
+    counting_alloc::count_everything(false);
+    counting_alloc::allocations()
 }
 
 /// Spins (yielding) until the server reports every page present, at most [`LIMIT`]. Returns
