@@ -1085,3 +1085,40 @@ fn wait_child_bounded(pid: libc::pid_t) -> i32 {
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
     status
 }
+
+#[test]
+fn a_page_dropped_without_a_remove_event_is_served_again_not_spun_on() {
+    let page = ps();
+    let pages = 64;
+    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    // No EVENT_REMOVE: the server cannot learn of the drop below.
+    let server = ServerBuilder::new()
+        .region(Region::new(
+            m.clone(),
+            Arc::new(MemorySource::new(image(pages, page))),
+        ))
+        .start(user_uffd())
+        .unwrap();
+    server.wait_populated(TIMEOUT).unwrap();
+    verify(&m, page);
+    dontneed(&m, 5 * page, 2 * page);
+    // The next touches fault on pages the server thinks present: they get what the kernel
+    // gives a dropped anonymous page (zeros), and return (a thread that only woke them would
+    // fault forever).
+    let (tx, rx) = mpsc::channel();
+    let mm = Arc::clone(&m);
+    thread::spawn(move || {
+        let got = [
+            mm.read_obj::<u8>(5 * page).unwrap(),
+            mm.read_obj::<u8>(6 * page).unwrap(),
+        ];
+        let _ = tx.send(got);
+    });
+    assert_eq!(
+        rx.recv_timeout(TIMEOUT).expect("the touch returned"),
+        [0, 0]
+    );
+    assert_eq!(m.read_obj::<u8>(7 * page).unwrap(), byte_of(7));
+    let stats = server.shutdown().unwrap();
+    assert_eq!(stats.pages_dropped, 2, "{stats:?}");
+}

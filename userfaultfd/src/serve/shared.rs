@@ -250,11 +250,37 @@ impl Shared {
         }
     }
 
+    /// A fault on a page the server made present. Usually a fault delivered again after its
+    /// page was resolved (its resolver's wake came first): the page is there, so only wake it.
+    /// But the program may have dropped the page behind the server's back
+    /// (`madvise(MADV_DONTNEED)` without `EVENT_REMOVE`): then the page is missing again and
+    /// waking alone would make the thread fault forever. So resolve it again, as the kernel
+    /// would without a userfaultfd: zeros for anonymous memory, the file's page (CONTINUE)
+    /// for a shared mapping; `EEXIST` means it was the first case.
+    pub(super) fn refault(&self, ri: usize, page: usize, minor: bool) {
+        let r = &self.regions[ri];
+        let (dst, len) = (r.addr_of(page), r.page_size);
+        let guard = self.event_lock.as_ref().map(|l| l.read());
+        let res = if minor {
+            self.uffd
+                .continue_with_mode(dst, len, ContinueMode::empty())
+        } else {
+            self.zero(r, dst, len, self.install_mode())
+        };
+        drop(guard);
+        match res {
+            Ok(_) => Counters::add(&self.counters.pages_dropped, 1),
+            Err(_) => {
+                let _ = self.uffd.wake(dst, len);
+            }
+        }
+    }
+
     /// [`fill`](Self::fill) for a region over a shared file mapping: map the file's own
     /// pages (`UFFDIO_CONTINUE`, no copy). A page not in the file's page cache is copied from
     /// the source instead (which adds it to the page cache); the rest of the run is given back,
     /// to be continued on its own.
-    fn fill_minor(
+    pub(super) fn fill_minor(
         &self,
         ri: usize,
         first: usize,

@@ -105,6 +105,7 @@ pub(crate) struct Counters {
     pub pages_zero: AtomicU64,
     pub pages_continue: AtomicU64,
     pub pages_removed_zero: AtomicU64,
+    pub pages_dropped: AtomicU64,
     pub bytes_copied: AtomicU64,
     pub copy_ioctls: AtomicU64,
     pub already_mapped: AtomicU64,
@@ -128,6 +129,7 @@ impl Counters {
             pages_zero: AtomicU64::new(0),
             pages_continue: AtomicU64::new(0),
             pages_removed_zero: AtomicU64::new(0),
+            pages_dropped: AtomicU64::new(0),
             bytes_copied: AtomicU64::new(0),
             copy_ioctls: AtomicU64::new(0),
             already_mapped: AtomicU64::new(0),
@@ -157,6 +159,7 @@ impl Counters {
             pages_zero: g(&self.pages_zero),
             pages_continue: g(&self.pages_continue),
             pages_removed_zero: g(&self.pages_removed_zero),
+            pages_dropped: g(&self.pages_dropped),
             bytes_copied: g(&self.bytes_copied),
             copy_ioctls: g(&self.copy_ioctls),
             already_mapped: g(&self.already_mapped),
@@ -194,6 +197,10 @@ pub struct Stats {
     pub pages_continue: u64,
     /// Pages served as zeros after a REMOVE event (never from the source).
     pub pages_removed_zero: u64,
+    /// Pages faulted on again after the program dropped them without a REMOVE event
+    /// (`MADV_DONTNEED` on a uffd without `EVENT_REMOVE`): served as the kernel would, zeros
+    /// for anonymous memory, the file's page for a shared mapping.
+    pub pages_dropped: u64,
     /// Bytes copied into the regions with `UFFDIO_COPY`.
     pub bytes_copied: u64,
     /// `UFFDIO_COPY` and `UFFDIO_ZEROPAGE` calls that resolved at least one page.

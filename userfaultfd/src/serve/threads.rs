@@ -25,7 +25,7 @@ struct Readahead {
 
 pub(super) fn handler_loop(s: &Shared, ready: &dyn Fn()) {
     let mut buf = EventBuffer::new(64);
-    let mut faults: Vec<(usize, ReadWrite, Instant)> = Vec::with_capacity(64);
+    let mut faults: Vec<(usize, FaultKind, ReadWrite, Instant)> = Vec::with_capacity(64);
     let mut bounce = vec![0u8; s.chunk_max];
     // The thread's name and its first use of thread-locals may allocate: get them done now.
     let _ = thread::current().name().map(str::len);
@@ -97,8 +97,8 @@ pub(super) fn handler_loop(s: &Shared, ready: &dyn Fn()) {
                                 addr,
                                 ..
                             }) => s.write_fault(addr as usize),
-                            Ok(Event::Pagefault { addr, rw, .. }) => {
-                                faults.push((addr as usize, rw, now));
+                            Ok(Event::Pagefault { addr, kind, rw, .. }) => {
+                                faults.push((addr as usize, kind, rw, now));
                             }
                             Ok(other) => s.apply_event(other),
                             Err(e) => s.report(&ServeError::Uffd(e)),
@@ -119,11 +119,11 @@ pub(super) fn handler_loop(s: &Shared, ready: &dyn Fn()) {
         s.demand_busy.fetch_add(1, Ordering::AcqRel);
         Counters::add(&s.counters.demand_faults, faults.len() as u64);
         // Every faulting page first, then the chunks around them.
-        for &(addr, rw, t0) in &faults {
-            demand(s, addr, rw, t0, &mut bounce);
+        for &(addr, kind, rw, t0) in &faults {
+            demand(s, addr, kind, rw, t0, &mut bounce);
         }
         if s.prefetch != 0 {
-            for &(addr, _, _) in &faults {
+            for &(addr, _, _, _) in &faults {
                 prefetch(s, addr, &mut ra, &mut bounce);
             }
         }
@@ -132,7 +132,7 @@ pub(super) fn handler_loop(s: &Shared, ready: &dyn Fn()) {
     }
 }
 
-fn demand(s: &Shared, addr: usize, rw: ReadWrite, t0: Instant, bounce: &mut [u8]) {
+fn demand(s: &Shared, addr: usize, kind: FaultKind, rw: ReadWrite, t0: Instant, bounce: &mut [u8]) {
     let Some((ri, page)) = s.region_of(addr) else {
         s.report(&ServeError::Unserved(addr));
         return;
@@ -143,24 +143,21 @@ fn demand(s: &Shared, addr: usize, rw: ReadWrite, t0: Instant, bounce: &mut [u8]
             if let Some(rec) = &s.recorder {
                 rec.record(ri, page);
             }
-            s.fill(
-                ri,
-                page,
-                page + 1,
-                Path::Demand,
-                bounce,
-                rw == ReadWrite::Write,
-            );
+            let write = rw == ReadWrite::Write;
+            if kind == FaultKind::Minor && !r.minor {
+                // A minor fault in a region registered MINOR by someone else: the page is in
+                // the page cache and only needs mapping.
+                s.fill_minor(ri, page, page + 1, Path::Demand, bounce, write);
+            } else {
+                s.fill(ri, page, page + 1, Path::Demand, bounce, write);
+            }
             s.counters.latency.record(t0.elapsed());
         }
         REMOVED if r.states.cas(page, REMOVED, CLAIMED_ZERO) => {
             s.fill_removed(ri, page);
             s.counters.latency.record(t0.elapsed());
         }
-        PRESENT => {
-            // Resolved after the fault was queued: the resolver's wake may have come first.
-            let _ = s.uffd.wake(r.addr_of(page), r.page_size);
-        }
+        PRESENT => s.refault(ri, page, r.minor || kind == FaultKind::Minor),
         // Claimed: the claimant wakes it. Gone: not served any more. Lost a race: the
         // winner resolves it.
         _ => {}
