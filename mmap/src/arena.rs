@@ -2,11 +2,9 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use crate::mapping::{fd_page_size, reserve_noreplace};
-use crate::{
-    check_page_range, pagesize, round_up, Error, MappedRegion, MemoryMapping, MemoryMappingBuilder,
-    Protection, Result,
-};
+use crate::range::{check_page_range, pagesize, round_up};
+use crate::raw::{fd_page_size, reserve_noreplace};
+use crate::{Error, MappedRegion, MemoryMapping, MemoryMappingBuilder, Protection, Result};
 
 /// A range of address space reserved up front, in which sub-mappings are
 /// placed with `MAP_FIXED`.
@@ -100,7 +98,7 @@ thread_local! {
     /// Test hook: called by `place` with the range's address and length after
     /// a failed system call, before the reservation is put back, to play
     /// "another thread maps into the gap".
-    static AFTER_FAILED_MAP: crate::mapping::TestHook = const { std::cell::Cell::new(None) };
+    static AFTER_FAILED_MAP: crate::raw::TestHook = const { std::cell::Cell::new(None) };
 }
 
 impl MemoryMappingArena {

@@ -2,7 +2,8 @@
 
 use std::os::fd::BorrowedFd;
 
-use crate::{check_page_range, Error, Protection, Result};
+use crate::range::check_page_range;
+use crate::{Error, Protection, Result};
 
 /// A range of the address space that is mapped for as long as the
 /// implementing value lives: [`MemoryMapping`](crate::MemoryMapping) and

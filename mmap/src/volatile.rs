@@ -11,7 +11,8 @@ use std::marker::PhantomData;
 use std::mem::{align_of, size_of, MaybeUninit};
 use std::ptr;
 
-use crate::{check_range, DataInit, Error, Result};
+use crate::range::check_range;
+use crate::{DataInit, Error, Result};
 
 /// Width of the word-sized accesses used for bulk copies.
 const WORD: usize = size_of::<u64>();

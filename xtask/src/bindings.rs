@@ -2,6 +2,8 @@
 
 use bindgen::callbacks::{DeriveTrait, ImplementsTrait, IntKind, ItemInfo, ParseCallbacks};
 
+use std::path::Path;
+
 use crate::{HeaderSource, Result};
 
 /// The C side: the two headers whose items we take.
@@ -106,15 +108,15 @@ impl ParseCallbacks for Callbacks {
 }
 
 /// Generates the bindings and returns the formatted file, preamble included.
-pub fn generate(src: &HeaderSource) -> Result<String> {
+///
+/// `dir` is a folder of this run's own, for the wrapper header and clang's macro fallback files.
+pub fn generate(src: &HeaderSource, dir: &Path) -> Result<String> {
     // Clang's macro fallback (for `((__u64)1<<0)`-style constants) needs a real header file.
-    let dir = crate::workspace_root().join("target/xtask/bindgen");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let wrapper = dir.join("uffd-wrapper.h");
     std::fs::write(&wrapper, WRAPPER).map_err(|e| format!("{}: {e}", wrapper.display()))?;
     let mut builder = bindgen::Builder::default()
         .header(wrapper.display().to_string())
-        .clang_macro_fallback_build_dir(&dir)
+        .clang_macro_fallback_build_dir(dir)
         .clang_arg("-nostdinc")
         .clang_arg(format!("-I{}", src.include.display()))
         .clang_arg("--target=x86_64-unknown-linux-gnu")
