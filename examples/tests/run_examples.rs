@@ -149,6 +149,48 @@ fn fork_events_bad_argument() {
     assert_usage(env!("CARGO_BIN_EXE_fork-events"), &["extra"]);
 }
 
+/// Run by an unprivileged user, `fork-events` must say first that it needs `CAP_SYS_PTRACE`,
+/// not advise the sysctl, `/dev/userfaultfd` or user-mode-only faults, none of which helps.
+/// Needs root (to drop to `nobody`) and `setpriv` (util-linux); skipped otherwise.
+#[test]
+fn fork_events_unprivileged_says_cap_sys_ptrace_first() {
+    let setpriv = "/usr/bin/setpriv";
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 || !std::path::Path::new(setpriv).exists() {
+        eprintln!("skipped: needs root and {setpriv} to run fork-events as nobody");
+        return;
+    }
+    let out = run(
+        setpriv,
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_fork-events"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("fork-events: FAILED: fork-events needs CAP_SYS_PTRACE"),
+        "{stderr}"
+    );
+    let ptrace = stderr.find("CAP_SYS_PTRACE").unwrap();
+    for other in [
+        "unprivileged_userfaultfd",
+        "/dev/userfaultfd",
+        "user-mode-only",
+    ] {
+        let at = stderr.find(other).unwrap_or(usize::MAX);
+        assert!(
+            ptrace < at,
+            "{other} is advised before CAP_SYS_PTRACE: {stderr}"
+        );
+    }
+    assert!(!stderr.contains("user_mode_only(true)"), "{stderr}");
+}
+
 #[test]
 fn page_server_default() {
     assert_runs(
@@ -221,11 +263,56 @@ fn uffd_probe_table_and_json() {
         &["\"features\"", "\"registrations\"", "\"usable\": true"],
     );
     assert!(json.trim_start().starts_with('{') && json.trim_end().ends_with('}'));
+    // The sysctl is a number (or null where the kernel has none), not a string.
+    let value = json
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("\"unprivileged_userfaultfd\": "))
+        .unwrap_or_else(|| panic!("no unprivileged_userfaultfd in:\n{json}"))
+        .trim_end_matches(',');
+    assert!(
+        value == "null" || value.parse::<u32>().is_ok(),
+        "unprivileged_userfaultfd is {value}, not a number"
+    );
 }
 
 #[test]
 fn uffd_probe_bad_argument() {
     assert_usage(env!("CARGO_BIN_EXE_uffd-probe"), &["--yaml"]);
+}
+
+#[test]
+fn uffd_stress_small_reports_progress() {
+    let pages = (1 << 20) / userfaultfd::page_size();
+    let first = format!("running [1/2] Anon wp=false: {pages} pages x 2 bounces");
+    let out = assert_runs(
+        env!("CARGO_BIN_EXE_uffd-stress"),
+        &[
+            "--bounces",
+            "2",
+            "--mib",
+            "1",
+            "--mem",
+            "anon",
+            "--wp",
+            "both",
+            "--ops",
+            "200",
+        ],
+        &[
+            "uffd-stress: 2 run(s) ([Anon] x wp [false, true]), each 1 MiB bounced 2 times",
+            &first,
+            "running [2/2] Anon wp=true",
+            "ok      Anon wp=true",
+        ],
+    );
+    // The first line comes before any run: a long run is never silent from the start.
+    assert!(out.starts_with("uffd-stress: "), "{out}");
+}
+
+#[test]
+fn uffd_stress_bad_argument() {
+    assert_usage(env!("CARGO_BIN_EXE_uffd-stress"), &["--mem", "disk"]);
+    assert_usage(env!("CARGO_BIN_EXE_uffd-stress"), &["--bounces", "0"]);
 }
 
 #[test]

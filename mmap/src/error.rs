@@ -17,6 +17,10 @@ use std::io;
 ///
 /// The enum is `#[non_exhaustive]`: new checks may add variants.
 ///
+/// `Display` is the message. `Debug` is the variant with its fields followed by `: ` and the
+/// same message, so that what `fn main() -> Result<(), mmap::Error>` prints says what failed:
+/// `ZeroSize { op: "mmap" }: mmap: size is zero`.
+///
 /// # Example
 ///
 /// ```
@@ -28,7 +32,7 @@ use std::io;
 /// assert_eq!(err.errno(), None); // caught before any system call
 /// # Ok::<(), mmap::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// An alignment that is zero or not a power of two.
@@ -153,6 +157,74 @@ pub enum Error {
     },
 }
 
+/// The variant and its fields, as `#[derive(Debug)]` would print them, then `: ` and the
+/// `Display` message.
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::InvalidAlignment { op, align } => f
+                .debug_struct("InvalidAlignment")
+                .field("op", op)
+                .field("align", align)
+                .finish(),
+            Error::InvalidName { op, name } => f
+                .debug_struct("InvalidName")
+                .field("op", op)
+                .field("name", name)
+                .finish(),
+            Error::InvalidRange {
+                op,
+                offset,
+                count,
+                size,
+            } => f
+                .debug_struct("InvalidRange")
+                .field("op", op)
+                .field("offset", offset)
+                .field("count", count)
+                .field("size", size)
+                .finish(),
+            Error::LeakedRange { op, offset, count } => f
+                .debug_struct("LeakedRange")
+                .field("op", op)
+                .field("offset", offset)
+                .field("count", count)
+                .finish(),
+            Error::OffsetOverflow { op, offset } => f
+                .debug_struct("OffsetOverflow")
+                .field("op", op)
+                .field("offset", offset)
+                .finish(),
+            Error::SizeOverflow { op, size, align } => f
+                .debug_struct("SizeOverflow")
+                .field("op", op)
+                .field("size", size)
+                .field("align", align)
+                .finish(),
+            Error::Syscall { op, errno } => f
+                .debug_struct("Syscall")
+                .field("op", op)
+                .field("errno", errno)
+                .finish(),
+            Error::UnalignedAddress { op, addr, align } => f
+                .debug_struct("UnalignedAddress")
+                .field("op", op)
+                .field("addr", addr)
+                .field("align", align)
+                .finish(),
+            Error::UnalignedOffset { op, offset, align } => f
+                .debug_struct("UnalignedOffset")
+                .field("op", op)
+                .field("offset", offset)
+                .field("align", align)
+                .finish(),
+            Error::Unsupported { op } => f.debug_struct("Unsupported").field("op", op).finish(),
+            Error::ZeroSize { op } => f.debug_struct("ZeroSize").field("op", op).finish(),
+        }?;
+        write!(f, ": {self}")
+    }
+}
+
 impl Error {
     /// The errno the kernel returned, for [`Error::Syscall`]; `None` for the
     /// errors this crate detects itself before making a system call.
@@ -230,6 +302,36 @@ mod tests {
         assert_eq!(e.op(), "madvise(MADV_REMOVE)");
         let io: io::Error = e.into();
         assert_eq!(io.raw_os_error(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn debug_keeps_the_variant_and_adds_the_message() {
+        let e = Error::Syscall {
+            op: "mmap",
+            errno: libc::ENOMEM,
+        };
+        let d = format!("{e:?}");
+        assert!(
+            d.starts_with("Syscall { op: \"mmap\", errno: 12 }: mmap failed: "),
+            "{d}"
+        );
+        assert!(d.ends_with(&e.to_string()), "{d}");
+        assert_eq!(
+            format!("{:?}", Error::ZeroSize { op: "mmap" }),
+            "ZeroSize { op: \"mmap\" }: mmap: size is zero"
+        );
+        // What `fn main() -> Result<(), Error>` prints after "Error: ".
+        let r: Result<()> = Err(Error::InvalidRange {
+            op: "msync",
+            offset: 1,
+            count: 2,
+            size: 3,
+        });
+        let d = format!("{r:?}");
+        assert!(
+            d.contains("}: msync: range 0x1 + 0x2 is outside the region of 0x3 bytes"),
+            "{d}"
+        );
     }
 
     #[test]

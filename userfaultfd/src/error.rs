@@ -103,7 +103,21 @@ UffdBuilder::user_mode_only(true)";
 /// | nothing done, `EEXIST` | [`Error::AlreadyMapped`]: the page is there; `wake` the range |
 /// | nothing done, `EAGAIN` (an unread non-cooperative event) | [`Error::MappingChanging`]: read events, then retry |
 /// | any other error | [`Error::Os`] |
-#[derive(Debug, thiserror::Error)]
+///
+/// # Formatting
+///
+/// `Display` is the message: what failed and, where there is one, what to change. `Debug` is
+/// the variant with its fields, followed by the same message, so that the output of a
+/// `fn main() -> Result<(), userfaultfd::Error>` (which prints the `Debug` form) says what to do:
+///
+/// ```
+/// use userfaultfd::{Error, Operation};
+/// let e = Error::PermissionDenied { op: Operation::Syscall };
+/// let debug = format!("{e:?}");
+/// assert!(debug.starts_with("PermissionDenied { op: Syscall }: userfaultfd(2) failed: EPERM"));
+/// assert!(debug.contains("user_mode_only(true)"));
+/// ```
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The kernel refused the operation with `errno`.
@@ -273,6 +287,91 @@ pub enum Error {
     },
 }
 
+/// The variant and its fields, as `#[derive(Debug)]` would print them, then `: ` and the
+/// `Display` message.
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Os { op, errno } => f
+                .debug_struct("Os")
+                .field("op", op)
+                .field("errno", errno)
+                .finish(),
+            Error::AlreadyMapped { op, addr } => f
+                .debug_struct("AlreadyMapped")
+                .field("op", op)
+                .field("addr", addr)
+                .finish(),
+            Error::PartialProgress {
+                op,
+                done,
+                len,
+                errno,
+            } => f
+                .debug_struct("PartialProgress")
+                .field("op", op)
+                .field("done", done)
+                .field("len", len)
+                .field("errno", errno)
+                .finish(),
+            Error::MappingChanging { op } => {
+                f.debug_struct("MappingChanging").field("op", op).finish()
+            }
+            Error::Unsupported { op } => f.debug_struct("Unsupported").field("op", op).finish(),
+            Error::PermissionDenied { op } => {
+                f.debug_struct("PermissionDenied").field("op", op).finish()
+            }
+            Error::DeviceAccess { op, errno } => f
+                .debug_struct("DeviceAccess")
+                .field("op", op)
+                .field("errno", errno)
+                .finish(),
+            Error::UnsupportedFeatures { missing, supported } => f
+                .debug_struct("UnsupportedFeatures")
+                .field("missing", missing)
+                .field("supported", supported)
+                .finish(),
+            Error::UnsupportedIoctls {
+                op,
+                missing,
+                available,
+            } => f
+                .debug_struct("UnsupportedIoctls")
+                .field("op", op)
+                .field("missing", missing)
+                .field("available", available)
+                .finish(),
+            Error::InvalidArgument { op, reason } => f
+                .debug_struct("InvalidArgument")
+                .field("op", op)
+                .field("reason", reason)
+                .finish(),
+            Error::IncompleteMsg { read, expected } => f
+                .debug_struct("IncompleteMsg")
+                .field("read", read)
+                .field("expected", expected)
+                .finish(),
+            Error::ReadEof => f.write_str("ReadEof"),
+            Error::Interrupted { op } => f.debug_struct("Interrupted").field("op", op).finish(),
+            Error::NotUserfaultfd { reason } => f
+                .debug_struct("NotUserfaultfd")
+                .field("reason", reason)
+                .finish(),
+            Error::RequiresUnsafe { op, reason } => f
+                .debug_struct("RequiresUnsafe")
+                .field("op", op)
+                .field("reason", reason)
+                .finish(),
+            Error::UnrecognizedEvent { event, raw } => f
+                .debug_struct("UnrecognizedEvent")
+                .field("event", event)
+                .field("raw", raw)
+                .finish(),
+        }?;
+        write!(f, ": {self}")
+    }
+}
+
 fn permission_help(op: Operation) -> &'static str {
     match op {
         Operation::Api => {
@@ -375,6 +474,45 @@ mod tests {
         assert_eq!(p.bytes_done(), 4096);
         assert_eq!(p.errno(), Some(Errno::EAGAIN));
         assert!(p.to_string().contains("UFFDIO_MOVE did 4096 of 8192"));
+    }
+
+    #[test]
+    fn debug_keeps_the_variant_and_adds_the_message() {
+        let e = Error::PermissionDenied {
+            op: Operation::Syscall,
+        };
+        let d = format!("{e:?}");
+        assert!(d.starts_with("PermissionDenied { op: Syscall }: "), "{d}");
+        assert!(d.ends_with(&e.to_string()), "{d}");
+        assert!(
+            d.contains("CAP_SYS_PTRACE") && d.contains("user_mode_only"),
+            "{d}"
+        );
+        let d = format!(
+            "{:?}",
+            Error::Os {
+                op: Operation::Copy,
+                errno: Errno::ENOENT
+            }
+        );
+        assert!(
+            d.starts_with("Os { op: Copy, errno: ENOENT }: UFFDIO_COPY failed: ENOENT"),
+            "{d}"
+        );
+        assert_eq!(
+            format!("{:?}", Error::ReadEof),
+            "ReadEof: read(userfaultfd): end of file"
+        );
+        // What `fn main() -> Result<(), Error>` prints after "Error: ".
+        let r: Result<()> = Err(Error::AlreadyMapped {
+            op: Operation::Copy,
+            addr: 0x1000,
+        });
+        let d = format!("{r:?}");
+        assert!(
+            d.contains("addr: 4096 }: UFFDIO_COPY: a page is already mapped at 0x1000"),
+            "{d}"
+        );
     }
 
     #[test]

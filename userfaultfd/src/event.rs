@@ -4,7 +4,8 @@
 //! allocates: with `UFFD_FEATURE_EVENT_FORK` the forking thread holds the C library's malloc locks
 //! until its event is read, so a reader that allocated could deadlock the fork.
 //!
-//! Kernel references: `userfaultfd(2)` ("Reading from the userfaultfd structure"),
+//! Kernel references: [`userfaultfd(2)`](https://man7.org/linux/man-pages/man2/userfaultfd.2.html)
+//! ("Reading from the userfaultfd structure"),
 //! `Documentation/admin-guide/mm/userfaultfd.rst` ("Non-cooperative userfaultfd").
 
 use std::mem::{size_of, MaybeUninit};
@@ -418,14 +419,31 @@ impl Uffd {
     /// `Ok(None)` means none is pending.
     ///
     /// Allocation-free. Pending page faults are delivered before non-cooperative events, and
-    /// each fault is delivered once even with several readers.
+    /// each fault message is read by one reader even with several readers. The message layout is
+    /// that of [`userfaultfd(2)`](https://man7.org/linux/man-pages/man2/userfaultfd.2.html).
+    ///
+    /// # Count pages, not messages
+    ///
+    /// One page can be reported more than once: two threads touching it each report a fault,
+    /// and the kernel can deliver a fault again after it was resolved. The second resolution of such a page then fails with
+    /// [`Error::AlreadyMapped`] (wake the range and go on), and a repeated write-protect fault
+    /// finds the page already writable. So a handler that expects N pages must keep a record of
+    /// the pages it resolved and stop when all N are done, not after N messages: stopping after
+    /// N messages can leave one page unresolved and a thread blocked on it forever. The
+    /// [crate example](crate#example) keeps such a record.
     ///
     /// ```no_run
     /// # fn f(uffd: &userfaultfd::Uffd) -> userfaultfd::Result<()> {
-    /// use userfaultfd::Event;
+    /// use userfaultfd::{Error, Event};
+    /// let page = userfaultfd::page_size();
     /// if let Some(Event::Pagefault { addr, .. }) = uffd.read_event()? {
-    ///     // SAFETY: addr is a page of a range this program registered MISSING.
-    ///     unsafe { uffd.zeropage(addr, 4096, true)? };
+    ///     // SAFETY: addr is a page of a range this program registered MISSING, whose contents
+    ///     // no Rust reference assumes.
+    ///     match unsafe { uffd.zeropage(addr, page, true) } {
+    ///         Ok(_) => {}
+    ///         Err(Error::AlreadyMapped { .. }) => uffd.wake(addr, page)?, // a repeated fault
+    ///         Err(e) => return Err(e),
+    ///     }
     /// }
     /// # Ok(()) }
     /// ```

@@ -10,37 +10,64 @@
 //! found at run time ([`UffdBuilder::probe_features`], the ioctls [`Uffd::register`] returns),
 //! not by Cargo features. Each item names the kernel version it needs.
 //!
-//! The names follow the `userfaultfd` 0.9 crate, so programs port by changing the dependency
-//! line; where 0.9 is wrong this crate differs (owned fds that `into_raw_fd` hands over open, an
-//! exact partial-progress rule, distinct errors for `EEXIST`, `EAGAIN`, `ENOSYS`, `EPERM`,
-//! `EACCES`): see the README.
+//! The names follow the `userfaultfd` 0.9 crate; its error enum does not (code that matches on
+//! 0.9's `Error` variants must be ported, see the README's "Coming from userfaultfd 0.9"), and
+//! where 0.9 is wrong this crate differs (owned fds that `into_raw_fd` hands over open, an exact
+//! partial-progress rule, distinct errors for `EEXIST`, `EAGAIN`, `ENOSYS`, `EPERM`, `EACCES`).
+//!
+//! The mappings to register come from the [`mmap`] crate, re-exported here so that depending
+//! on `userfaultfd` alone is enough (`mmap` on crates.io is an unrelated crate).
+//!
+//! # Example
+//!
+//! A handler thread serves the missing pages of a private mapping, each with its own bytes, while
+//! the main thread reads them; every first touch waits until the handler has copied the page in.
 //!
 //! ```
 //! use std::thread;
-//! use userfaultfd::{Event, UffdBuilder};
+//! use userfaultfd::mmap::MemoryMapping;
+//! use userfaultfd::{Error, Event, RegisterMode, UffdBuilder};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let page = userfaultfd::page_size();
+//! let pages = 4;
+//! // User-mode-only faults need no privilege (Linux 5.11); see the README's "Permissions".
 //! let uffd = UffdBuilder::new().user_mode_only(true).create()?;
-//! let page = 4096;
-//! let mem = mmap::MemoryMappingBuilder::new(4 * page).private().build()?;
-//! uffd.register(mem.as_ptr().cast(), 4 * page)?;
+//! let mem = MemoryMapping::new_private(pages * page)?;
+//! uffd.register_region(&mem, RegisterMode::MISSING)?;
 //!
-//! let addr = mem.as_ptr() as usize;
-//! let toucher = thread::spawn(move || {
-//!     // SAFETY: the page is mapped; the read blocks until the handler below resolves it.
-//!     unsafe { std::ptr::read_volatile((addr + page) as *const u8) }
-//! });
-//! match uffd.read_event()? {
-//!     Some(Event::Pagefault { addr, .. }) => {
-//!         let src = [42u8; 4096];
-//!         // SAFETY: `addr` is a missing page of a range registered above.
-//!         unsafe { uffd.copy(src.as_ptr().cast(), addr, page, true)? };
+//! thread::scope(|s| -> Result<(), Box<dyn std::error::Error>> {
+//!     let handler = s.spawn(|| -> userfaultfd::Result<()> {
+//!         let base = mem.as_ptr() as usize;
+//!         // Count pages, not messages: a fault may be reported again after it was resolved.
+//!         let mut served = vec![false; pages];
+//!         while served.contains(&false) {
+//!             let Some(Event::Pagefault { addr, .. }) = uffd.read_event()? else {
+//!                 continue; // no other event was asked for
+//!             };
+//!             let index = (addr as usize - base) / page;
+//!             let data = vec![index as u8 + 1; page];
+//!             match uffd.copy_region(&mem, index * page, &data, true) {
+//!                 Ok(_) => {}
+//!                 // Already resolved: wake whoever still waits on it.
+//!                 Err(Error::AlreadyMapped { .. }) => uffd.wake(addr, page)?,
+//!                 Err(e) => return Err(e),
+//!             }
+//!             served[index] = true;
+//!         }
+//!         Ok(())
+//!     });
+//!     for i in 0..pages {
+//!         assert_eq!(mem.read_obj::<u8>(i * page + 7)?, i as u8 + 1);
 //!     }
-//!     other => panic!("unexpected {other:?}"),
-//! }
-//! assert_eq!(toucher.join().unwrap(), 42);
+//!     handler.join().expect("the handler panicked")?;
+//!     Ok(())
+//! })?;
 //! # Ok(()) }
 //! ```
+//!
+//! The `userfaultfd::serve` runtime is this loop done fast and completely (prefetch,
+//! background fill, events, failures): see [`serve`].
 //!
 //! # Soundness
 //!
@@ -49,8 +76,8 @@
 //! caller did not hand over, or (c) make memory that Rust code may reference fault with
 //! `SIGBUS`/`SIGSEGV`.** Where an operation could do that given the wrong address, it is an
 //! `unsafe fn` with a `# Safety` section, and a safe form over an owned
-//! [`MappedRegion`](mmap::MappedRegion) exists. A `MappedRegion` (an `mmap::MemoryMapping`, an
-//! arena) is memory that no Rust reference ever points into: the program reaches it through
+//! [`MappedRegion`](mmap::MappedRegion) exists. A `MappedRegion` (a
+//! [`userfaultfd::mmap::MemoryMapping`](mmap::MemoryMapping), an arena) is memory that no Rust reference ever points into: the program reaches it through
 //! volatile copies and system calls only, so its bytes may change, and its pages may even trap,
 //! as the owner decides, without breaking anything the compiler assumed.
 //!
@@ -68,8 +95,15 @@
 //! A fault in a registered range may also *block* until a handler resolves it, or forever if no
 //! thread ever does: that is a hang, not a memory error, and it ends when the `Uffd` is closed.
 //!
-//! References: `userfaultfd(2)`, `ioctl_userfaultfd(2)`, `UFFDIO_*(2const)`,
-//! `PAGEMAP_SCAN(2const)`, and the kernel's `Documentation/admin-guide/mm/userfaultfd.rst`.
+//! # References
+//!
+//! * [`userfaultfd(2)`](https://man7.org/linux/man-pages/man2/userfaultfd.2.html): creating the
+//!   fd, reading `struct uffd_msg`, the permission rules;
+//! * [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html):
+//!   every `UFFDIO_*` ioctl and its errors (split into one `UFFDIO_*(2const)` page per ioctl in
+//!   man-pages 6.10 and later);
+//! * `PAGEMAP_SCAN(2const)`, for [`PageMap::scan`];
+//! * the kernel's [`Documentation/admin-guide/mm/userfaultfd.rst`](https://docs.kernel.org/admin-guide/mm/userfaultfd.html).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -92,16 +126,35 @@ pub use flags::{
     ContinueMode, CopyMode, FeatureFlags, IoctlFlags, MoveMode, PoisonMode, RegisterMode,
     WriteProtectMode, ZeropageMode,
 };
-/// The base page size, read once (`sysconf(_SC_PAGESIZE)`); range operations must be aligned to it.
-pub use mmap::pagesize as page_size;
 pub use ops::range_outcome;
 pub use pagemap::{PageCategories, PageMap, PageRegion, ScanFlags, ScanOutcome, ScanRequest};
 pub use uffd::Uffd;
 
 /// The errno type of [`Error`] (re-exported from `nix`, as the 0.9 crate used it).
 pub use nix::errno::Errno;
-/// The thread-id type of [`Event::Pagefault`] (re-exported from `nix`).
+// The thread-id type of `Event::Pagefault` (re-exported from `nix`). No doc comment here:
+// rustdoc would put it before nix's own summary and show two.
 pub use nix::unistd::Pid;
+
+/// The mapping crate of this workspace, re-exported so that a program depending only on
+/// `userfaultfd` names it `userfaultfd::mmap` (`mmap` on crates.io is an unrelated crate). Its
+/// mappings are the owned [`MappedRegion`](mmap::MappedRegion)s that the safe `*_region`
+/// methods take. Its own documentation follows.
+///
+#[doc(inline)]
+pub use mmap;
+
+/// The base page size (`sysconf(_SC_PAGESIZE)`, read once): the addresses and lengths of the
+/// range operations must be multiples of it (of the huge page size on hugetlb mappings).
+///
+/// ```
+/// let page = userfaultfd::page_size();
+/// assert!(page.is_power_of_two() && page >= 4096);
+/// ```
+#[inline]
+pub fn page_size() -> usize {
+    mmap::pagesize()
+}
 
 /// The raw uAPI this crate is built on.
 pub use userfaultfd_sys as sys;

@@ -1,5 +1,6 @@
 //! Resolving faults: `UFFDIO_COPY`, `UFFDIO_ZEROPAGE`, `UFFDIO_CONTINUE`, `UFFDIO_POISON`,
-//! `UFFDIO_MOVE` and `UFFDIO_WRITEPROTECT` (`ioctl_userfaultfd(2)` and each `UFFDIO_*(2const)`).
+//! `UFFDIO_MOVE` and `UFFDIO_WRITEPROTECT` ([`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html)
+//! and each `UFFDIO_*(2const)`).
 //!
 //! # One rule for partial progress
 //!
@@ -25,8 +26,8 @@
 //! address, so they are `unsafe fn`: given the address of a live `Vec` they would rewrite it
 //! under the program's feet, or make it raise `SIGBUS`. Their safe forms,
 //! [`copy_region`](Uffd::copy_region), [`zeropage_region`](Uffd::zeropage_region) and
-//! [`poison_region`](Uffd::poison_region), take an owned [`MappedRegion`] (such as an
-//! `mmap::MemoryMapping`), whose memory Rust code only reaches through volatile copies and
+//! [`poison_region`](Uffd::poison_region), take an owned [`MappedRegion`] (such as a
+//! [`userfaultfd::mmap::MemoryMapping`](mmap::MemoryMapping)), whose memory Rust code only reaches through volatile copies and
 //! system calls, so a change of its bytes (or a trap in it) breaks no reference.
 //! `r#continue`, `write_protect` and `remove_write_protection` change no contents and are safe.
 
@@ -103,7 +104,34 @@ fn wake_mode(wake: bool, dontwake: u64) -> u64 {
 impl Uffd {
     /// Resolves missing faults by atomically copying `len` bytes from `src` into the registered
     /// range at `dst` (`UFFDIO_COPY`, Linux 4.3), then wakes the faulting threads if `wake`.
-    /// Returns `len` on full success; see [`Error`] for partial progress.
+    /// Returns `len` on full success; see [`Error`] for partial progress. Kernel documentation:
+    /// `UFFDIO_COPY(2const)`, [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html).
+    ///
+    /// The safe form over an owned mapping is [`copy_region`](Self::copy_region).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use userfaultfd::mmap::MemoryMapping;
+    /// use userfaultfd::{Error, UffdBuilder};
+    ///
+    /// let page = userfaultfd::page_size();
+    /// let uffd = UffdBuilder::new().user_mode_only(true).create()?;
+    /// let mem = MemoryMapping::new_private(2 * page)?;
+    /// uffd.register(mem.as_ptr().cast(), 2 * page)?;
+    /// let src = vec![7u8; page];
+    /// // Resolve the first page before anything touches it (a handler would do this for the
+    /// // address of a `Pagefault` event).
+    /// // SAFETY: `mem` is this program's own registered mapping; no Rust reference points into
+    /// // it, so its bytes may be defined here; `src` is readable for `page` bytes.
+    /// let done = unsafe { uffd.copy(src.as_ptr().cast(), mem.as_ptr().cast(), page, true)? };
+    /// assert_eq!(done, page);
+    /// assert_eq!(mem.read_obj::<u8>(0)?, 7);
+    /// // The page is there now: a second copy changes nothing and says so.
+    /// // SAFETY: as above.
+    /// let again = unsafe { uffd.copy(src.as_ptr().cast(), mem.as_ptr().cast(), page, true) };
+    /// assert!(matches!(again, Err(Error::AlreadyMapped { .. })));
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Safety
     ///
@@ -171,6 +199,23 @@ impl Uffd {
 
     /// Resolves missing faults by mapping zero pages over `[start, start+len)`
     /// (`UFFDIO_ZEROPAGE`, Linux 4.3); wakes if `wake`. Not available on hugetlb (`EINVAL`).
+    /// Kernel documentation: `UFFDIO_ZEROPAGE(2const)`, [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html). The safe form
+    /// over an owned mapping is [`zeropage_region`](Self::zeropage_region).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use userfaultfd::{mmap::MemoryMapping, UffdBuilder};
+    ///
+    /// let page = userfaultfd::page_size();
+    /// let uffd = UffdBuilder::new().user_mode_only(true).create()?;
+    /// let mem = MemoryMapping::new_private(4 * page)?;
+    /// uffd.register(mem.as_ptr().cast(), 4 * page)?;
+    /// // SAFETY: `mem` is this program's own registered mapping; no Rust reference points into it.
+    /// let done = unsafe { uffd.zeropage(mem.as_ptr().cast(), 4 * page, true)? };
+    /// assert_eq!(done, 4 * page);
+    /// assert_eq!(mem.read_obj::<u64>(3 * page)?, 0);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Safety
     ///
@@ -220,7 +265,33 @@ impl Uffd {
 
     /// Resolves minor faults by mapping the pages already in the page cache over
     /// `[start, start+len)` (`UFFDIO_CONTINUE`, Linux 5.13); wakes if `wake`. Fill the pages
-    /// first through a second, unregistered mapping of the same file.
+    /// first through a second, unregistered mapping of the same file. Kernel documentation:
+    /// `UFFDIO_CONTINUE(2const)`, [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html).
+    ///
+    /// The method is named `r#continue` because `continue` is a Rust keyword: `r#` is the
+    /// raw-identifier prefix, written at every call (`uffd.r#continue(start, len, true)`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use userfaultfd::mmap::{MemoryMapping, SharedMemory};
+    /// use userfaultfd::{FeatureFlags, RegisterMode, UffdBuilder};
+    ///
+    /// let page = userfaultfd::page_size();
+    /// let uffd = UffdBuilder::new()
+    ///     .user_mode_only(true)
+    ///     .require_features(FeatureFlags::MINOR_SHMEM)
+    ///     .create()?;
+    /// // One memfd, mapped twice: `guest` is registered MINOR, `host` fills the page cache.
+    /// let shm = SharedMemory::new("guest-ram", page as u64)?;
+    /// let guest = MemoryMapping::from_fd(&shm, page)?;
+    /// let host = MemoryMapping::from_fd(&shm, page)?;
+    /// uffd.register_region(&guest, RegisterMode::MINOR)?;
+    /// host.write_obj(0xabu8, 0)?;
+    /// // Map the page-cache page into `guest` (a handler does this on a MINOR fault).
+    /// assert_eq!(uffd.r#continue(guest.as_ptr().cast(), page, true)?, page);
+    /// assert_eq!(guest.read_obj::<u8>(0)?, 0xab);
+    /// # Ok(()) }
+    /// ```
     ///
     /// Safe: the bytes that appear are the file's, which is what this shared mapping shows by
     /// definition.
@@ -236,7 +307,8 @@ impl Uffd {
         self.continue_with_mode(start, len, mode)
     }
 
-    /// [`r#continue`](#method.continue) with an explicit mode: [`ContinueMode::DONTWAKE`],
+    /// [`r#continue`](#method.continue) (the method `continue`, called with the raw-identifier
+    /// prefix `r#`) with an explicit mode: [`ContinueMode::DONTWAKE`],
     /// [`ContinueMode::WP`] (Linux 6.4; the range must be registered WRITE_PROTECT).
     ///
     /// # Errors
@@ -267,7 +339,8 @@ impl Uffd {
     /// Resolves missing faults by marking `[start, start+len)` poisoned (`UFFDIO_POISON`,
     /// Linux 6.6): any later access raises `SIGBUS`. Used to forward memory errors found at the
     /// source of a migration. Wakes if `wake` (the woken threads then get `SIGBUS`). The safe
-    /// form over an owned region is [`poison_region`](Self::poison_region).
+    /// form over an owned region is [`poison_region`](Self::poison_region). Kernel
+    /// documentation: `UFFDIO_POISON(2const)`, [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html).
     ///
     /// # Safety
     ///
@@ -330,7 +403,32 @@ impl Uffd {
     ///
     /// Both ranges must be private anonymous memory of the process that created this `Uffd`,
     /// with `dst` registered; `src` pages must be exclusive to this process (use `MADV_DONTFORK`
-    /// on `src` if the process forks).
+    /// on `src` if the process forks). The `Uffd` needs [`FeatureFlags::MOVE`](crate::FeatureFlags::MOVE)
+    /// (`EINVAL` otherwise). Kernel documentation: `UFFDIO_MOVE(2const)`, [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html).
+    ///
+    /// The method is named `r#move` because `move` is a Rust keyword: `r#` is the
+    /// raw-identifier prefix, written at every call (`uffd.r#move(src, dst, len, true)`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use userfaultfd::{mmap::MemoryMapping, FeatureFlags, UffdBuilder};
+    ///
+    /// let page = userfaultfd::page_size();
+    /// let uffd = UffdBuilder::new()
+    ///     .user_mode_only(true)
+    ///     .require_features(FeatureFlags::MOVE)
+    ///     .create()?;
+    /// let staging = MemoryMapping::new_private(page)?; // not registered
+    /// staging.write_obj(42u32, 0)?;
+    /// let guest = MemoryMapping::new_private(page)?;
+    /// uffd.register(guest.as_ptr().cast(), page)?;
+    /// // SAFETY: both are this program's own mappings, reached only through volatile copies:
+    /// // `guest`'s page may be defined and `staging`'s removed.
+    /// let moved = unsafe { uffd.r#move(staging.as_ptr().cast(), guest.as_ptr().cast(), page, true)? };
+    /// assert_eq!(moved, page);
+    /// assert_eq!(guest.read_obj::<u32>(0)?, 42);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Safety
     ///
@@ -357,7 +455,8 @@ impl Uffd {
         unsafe { self.move_with_mode(src, dst, len, mode) }
     }
 
-    /// [`r#move`](#method.move) with an explicit mode: [`MoveMode::DONTWAKE`],
+    /// [`r#move`](#method.move) (the method `move`, called with the raw-identifier prefix `r#`)
+    /// with an explicit mode: [`MoveMode::DONTWAKE`],
     /// [`MoveMode::ALLOW_SRC_HOLES`].
     ///
     /// # Safety
@@ -398,7 +497,7 @@ impl Uffd {
     /// use userfaultfd::UffdBuilder;
     /// let page = userfaultfd::page_size();
     /// let uffd = UffdBuilder::new().user_mode_only(true).create()?;
-    /// let mem = mmap::MemoryMapping::new_private(2 * page)?;
+    /// let mem = userfaultfd::mmap::MemoryMapping::new_private(2 * page)?;
     /// uffd.register_region(&mem, userfaultfd::RegisterMode::MISSING)?;
     /// // Populate the second page before anyone touches it.
     /// assert_eq!(uffd.copy_region(&mem, page, &vec![7u8; page], true)?, page);
@@ -469,7 +568,26 @@ impl Uffd {
     /// The range must be registered [`RegisterMode::WRITE_PROTECT`](crate::RegisterMode::WRITE_PROTECT).
     /// Writes then fault with [`FaultKind::WriteProtected`](crate::FaultKind::WriteProtected), or,
     /// with [`FeatureFlags::WP_ASYNC`](crate::FeatureFlags::WP_ASYNC), are recorded for
-    /// `PAGEMAP_SCAN` and proceed.
+    /// `PAGEMAP_SCAN` and proceed. Kernel documentation: `UFFDIO_WRITEPROTECT(2const)`,
+    /// [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use userfaultfd::{mmap::MemoryMapping, RegisterMode, UffdBuilder};
+    ///
+    /// let page = userfaultfd::page_size();
+    /// let uffd = UffdBuilder::new().user_mode_only(true).create()?;
+    /// let mem = MemoryMapping::new_private(page)?;
+    /// mem.write_obj(1u8, 0)?; // present before it is protected
+    /// uffd.register_region(&mem, RegisterMode::WRITE_PROTECT)?;
+    /// uffd.write_protect(mem.as_ptr().cast(), page)?;
+    /// // A write now waits for a handler (an `Event::Pagefault` of kind `WriteProtected`),
+    /// // which lets it proceed with `remove_write_protection`; reads go ahead.
+    /// assert_eq!(mem.read_obj::<u8>(0)?, 1);
+    /// uffd.remove_write_protection(mem.as_ptr().cast(), page, true)?;
+    /// mem.write_obj(2u8, 0)?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///

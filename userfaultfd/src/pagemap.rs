@@ -191,7 +191,7 @@ impl PageMap {
     /// let uffd = UffdBuilder::new().user_mode_only(true)
     ///     .require_features(FeatureFlags::WP_ASYNC).create()?;
     /// let len = 16 * 4096;
-    /// let mem = mmap::MemoryMappingBuilder::new(len).private().build()?;
+    /// let mem = userfaultfd::mmap::MemoryMappingBuilder::new(len).private().build()?;
     /// uffd.register_region(&mem, RegisterMode::WRITE_PROTECT)?;
     /// uffd.write_protect(mem.as_ptr().cast(), len)?;
     /// mem.write_obj(1u8, 3 * 4096)?; // no fault message: the kernel records the write

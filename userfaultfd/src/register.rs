@@ -1,5 +1,5 @@
 //! Registering address ranges: `UFFDIO_REGISTER` and `UFFDIO_UNREGISTER`
-//! (`UFFDIO_REGISTER(2const)`, `UFFDIO_UNREGISTER(2const)`).
+//! (`UFFDIO_REGISTER(2const)`, `UFFDIO_UNREGISTER(2const)`, [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html)).
 
 use std::os::fd::AsFd;
 
@@ -14,7 +14,25 @@ use crate::{range, raw, IoctlFlags, RegisterMode, Uffd};
 impl Uffd {
     /// Registers `[start, start+len)` for missing-page faults; returns the ioctls available on
     /// the range. Same as [`register_with_mode`](Self::register_with_mode) with
-    /// [`RegisterMode::MISSING`]. Linux 4.3.
+    /// [`RegisterMode::MISSING`]. Linux 4.3. Kernel documentation: `UFFDIO_REGISTER(2const)`,
+    /// [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html).
+    ///
+    /// Every first touch of a page in the range then waits for a handler (see the
+    /// [crate example](crate#example)). Over an owned mapping,
+    /// [`register_region`](Self::register_region) computes the range itself.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use userfaultfd::{mmap::MemoryMapping, IoctlFlags, UffdBuilder};
+    ///
+    /// let page = userfaultfd::page_size();
+    /// let uffd = UffdBuilder::new().user_mode_only(true).create()?;
+    /// let mem = MemoryMapping::new_private(16 * page)?;
+    /// let ioctls = uffd.register(mem.as_ptr().cast(), 16 * page)?;
+    /// assert!(ioctls.contains(IoctlFlags::COPY | IoctlFlags::ZEROPAGE | IoctlFlags::WAKE));
+    /// uffd.unregister(mem.as_ptr().cast(), 16 * page)?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
@@ -54,8 +72,9 @@ impl Uffd {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use userfaultfd::{IoctlFlags, RegisterMode, UffdBuilder};
     /// let uffd = UffdBuilder::new().user_mode_only(true).create()?;
-    /// let mem = mmap::MemoryMappingBuilder::new(4 * 4096).private().build()?;
-    /// let ioctls = uffd.register_with_mode(mem.as_ptr().cast(), 4 * 4096, RegisterMode::MISSING)?;
+    /// let page = userfaultfd::page_size();
+    /// let mem = userfaultfd::mmap::MemoryMappingBuilder::new(4 * page).private().build()?;
+    /// let ioctls = uffd.register_with_mode(mem.as_ptr().cast(), 4 * page, RegisterMode::MISSING)?;
     /// assert!(ioctls.contains(IoctlFlags::COPY | IoctlFlags::ZEROPAGE | IoctlFlags::WAKE));
     /// # Ok(()) }
     /// ```
@@ -152,7 +171,7 @@ impl Uffd {
         Ok(ioctls)
     }
 
-    /// Registers the whole of a mapping (e.g. an `mmap::MemoryMapping`) with `mode`; a size
+    /// Registers the whole of a mapping (e.g. a [`userfaultfd::mmap::MemoryMapping`](mmap::MemoryMapping)) with `mode`; a size
     /// that is not a multiple of the page size is rounded up (the kernel maps whole pages).
     ///
     /// Allowed even with [`FeatureFlags::SIGBUS`](crate::FeatureFlags::SIGBUS): a
@@ -163,7 +182,7 @@ impl Uffd {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use userfaultfd::{RegisterMode, UffdBuilder};
     /// let uffd = UffdBuilder::new().user_mode_only(true).create()?;
-    /// let mem = mmap::MemoryMappingBuilder::new(1 << 20).private().build()?;
+    /// let mem = userfaultfd::mmap::MemoryMappingBuilder::new(1 << 20).private().build()?;
     /// uffd.register_region(&mem, RegisterMode::MISSING)?;
     /// uffd.unregister_region(&mem)?;
     /// # Ok(()) }
@@ -204,7 +223,8 @@ impl Uffd {
 
     /// Unregisters `[start, start+len)` (`UFFDIO_UNREGISTER`, Linux 4.3): threads blocked on
     /// missing faults there are woken and get the kernel's default handling; write protection
-    /// is cleared. Works even while a non-cooperative event is unread.
+    /// is cleared. Works even while a non-cooperative event is unread. Kernel documentation:
+    /// `UFFDIO_UNREGISTER(2const)`, [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html).
     ///
     /// # Errors
     ///
@@ -227,7 +247,23 @@ impl Uffd {
 
     /// Wakes the threads waiting on faults in `[start, start+len)` (`UFFDIO_WAKE`, Linux 4.3),
     /// after resolving with a `DONTWAKE` mode or after [`Error::AlreadyMapped`]. Succeeds when
-    /// nobody waits.
+    /// nobody waits. Kernel documentation: `UFFDIO_WAKE(2const)`, [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use userfaultfd::{mmap::MemoryMapping, RegisterMode, UffdBuilder};
+    ///
+    /// let page = userfaultfd::page_size();
+    /// let uffd = UffdBuilder::new().user_mode_only(true).create()?;
+    /// let mem = MemoryMapping::new_private(8 * page)?;
+    /// uffd.register_region(&mem, RegisterMode::MISSING)?;
+    /// // Resolve eight pages without waking anyone, then wake the whole range once.
+    /// for i in 0..8 {
+    ///     uffd.zeropage_region(&mem, i * page, page, false)?;
+    /// }
+    /// uffd.wake(mem.as_ptr().cast(), 8 * page)?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///

@@ -21,7 +21,7 @@ pub(crate) struct ApiInfo {
 }
 
 /// A userfaultfd: a file descriptor through which this process handles page faults on the
-/// ranges it registers (`userfaultfd(2)`).
+/// ranges it registers ([`userfaultfd(2)`](https://man7.org/linux/man-pages/man2/userfaultfd.2.html)).
 ///
 /// The fd is owned (an [`OwnedFd`]) and closed on drop. Closing it removes every registration and
 /// wakes threads blocked on its faults, which then retry and get the kernel's default handling

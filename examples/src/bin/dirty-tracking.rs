@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use examples::{fail, finish, page_size, wait_readable, Args, Rng, StopSignal, Wait};
-use mmap::{MemoryMapping, MemoryMappingBuilder};
+use userfaultfd::mmap::{MemoryMapping, MemoryMappingBuilder};
 use userfaultfd::{
     Event, EventBuffer, FaultKind, FeatureFlags, PageMap, PageRegion, RegisterMode, Uffd,
     UffdBuilder,

@@ -27,7 +27,7 @@ use examples::{
     fail, fill_page, finish, no_huge_pages, page_size, pattern_word, wait_child, wait_readable,
     Args, StopSignal, Wait,
 };
-use userfaultfd::{Error, Event, EventBuffer, FeatureFlags, Uffd, UffdBuilder};
+use userfaultfd::{Error, Event, EventBuffer, FeatureFlags, Operation, Uffd, UffdBuilder};
 
 const USAGE: &str = "\
 usage: fork-events
@@ -369,6 +369,18 @@ fn workload(
     Ok(())
 }
 
+/// What to do when creating the uffd fails with `EPERM`. The library's own advice for `EPERM`
+/// (the sysctl, `/dev/userfaultfd`, user-mode-only faults) is about kernel-mode faults and does
+/// not help here: `UFFD_FEATURE_EVENT_FORK` needs `CAP_SYS_PTRACE` whatever the creation method.
+fn needs_ptrace(op: Operation) -> String {
+    format!(
+        "fork-events needs CAP_SYS_PTRACE (in the initial user namespace): run it as root, or \
+         give the binary the capability (`setcap cap_sys_ptrace+ep fork-events`). The \
+         EVENT_FORK feature requires it; vm.unprivileged_userfaultfd, access to \
+         /dev/userfaultfd and user-mode-only faults do not help. ({op} failed with EPERM)"
+    )
+}
+
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let uffd = match UffdBuilder::new()
         .non_blocking(true)
@@ -381,11 +393,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .create()
     {
         Ok(u) => u,
-        Err(e @ Error::PermissionDenied { .. }) => {
-            return Err(fail(format!(
-                "{e}\n(EVENT_FORK needs CAP_SYS_PTRACE: run as root)"
-            )))
-        }
+        Err(Error::PermissionDenied { op }) => return Err(fail(needs_ptrace(op))),
         Err(e) => return Err(e.into()),
     };
     let state = Mutex::new(State::default());

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use examples::{
     check_page, fail, finish, mb_per_s, page_size, write_pattern_file, Args, Rng, TempFile,
 };
-use mmap::{MemoryMapping, MemoryMappingBuilder};
+use userfaultfd::mmap::{MemoryMapping, MemoryMappingBuilder};
 use userfaultfd::serve::{MappedFileSource, Region, ServerBuilder};
 use userfaultfd::{Error, Uffd, UffdBuilder};
 

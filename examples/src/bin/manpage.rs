@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use examples::{fail, finish, page_size, wait_readable, Args, Wait};
-use mmap::MemoryMappingBuilder;
+use userfaultfd::mmap::MemoryMappingBuilder;
 use userfaultfd::{Error, Event, Uffd, UffdBuilder};
 
 const USAGE: &str = "\

@@ -14,7 +14,7 @@ use std::time::Duration;
 use examples::{
     check_page, fail, fill_page, finish, page_size, wait_readable, Args, StopSignal, Wait,
 };
-use mmap::{MemoryMapping, SharedMemory};
+use userfaultfd::mmap::{MemoryMapping, SharedMemory};
 use userfaultfd::{
     Error, Event, EventBuffer, FaultKind, FeatureFlags, IoctlFlags, RegisterMode, Uffd, UffdBuilder,
 };

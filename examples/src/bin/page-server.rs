@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use examples::{check_page, fail, fill_page, finish, mb_per_s, page_size, wait_child, Args, Rng};
-use mmap::MemoryMappingBuilder;
+use userfaultfd::mmap::MemoryMappingBuilder;
 use userfaultfd::serve::{PageSource, Region, ServerBuilder, TcpImageServer, TcpSource};
 use userfaultfd::UffdBuilder;
 

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use examples::{page_size, Args};
-use mmap::{HugePageSize, MemoryMapping, MemoryMappingBuilder, SharedMemory};
+use userfaultfd::mmap::{HugePageSize, MemoryMapping, MemoryMappingBuilder, SharedMemory};
 use userfaultfd::{
     CreationMethod, Error, FeatureFlags, IoctlFlags, RegisterMode, Uffd, UffdBuilder,
 };
@@ -274,7 +274,11 @@ fn main() -> ExitCode {
         let _ = writeln!(
             o,
             "  \"unprivileged_userfaultfd\": {},",
-            sysctl.as_deref().map_or("null".into(), json_str)
+            // A number, as the sysctl is (null where the file is missing: before Linux 5.2).
+            sysctl
+                .as_deref()
+                .and_then(|v| v.parse::<u32>().ok())
+                .map_or("null".into(), |v| v.to_string())
         );
         let _ = writeln!(
             o,

@@ -8,8 +8,13 @@
 //!
 //! Each area is `M` MiB (in 4 KiB pages, or 2 MiB pages for hugetlb), bounced `N` times; every
 //! page counter must equal its shadow at the end. Exits 1 on any mismatch, error or hang.
+//!
+//! It says what it is about to do, names each run as it starts and, while a run lasts, prints
+//! how long it has been going every [`TICK`], so that a long run (the defaults take about a
+//! minute) is never silent.
 
 use std::process::ExitCode;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 #[allow(dead_code)]
@@ -20,6 +25,28 @@ use stress_common::{run_bounded, Config, MemKind, Outcome};
 
 const USAGE: &str = "usage: uffd-stress [--bounces N] [--mib M] [--mem anon|shmem|hugetlb|all] \
 [--wp on|off|both] [--threads T] [--ops K]";
+
+/// How often a running configuration reports that it is still running.
+const TICK: Duration = Duration::from_secs(5);
+
+/// Runs `f` while a thread prints `label` and the elapsed time every [`TICK`].
+fn with_progress<T>(label: &str, f: impl FnOnce() -> T) -> T {
+    let (done, wait) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let start = Instant::now();
+            while let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(TICK) {
+                println!(
+                    "        {label}: still running after {:.0?}",
+                    start.elapsed()
+                );
+            }
+        });
+        let r = f();
+        drop(done);
+        r
+    })
+}
 
 fn usage(msg: &str) -> ! {
     eprintln!("uffd-stress: {msg}\n{USAGE}");
@@ -70,9 +97,16 @@ fn main() -> ExitCode {
             other => usage(&format!("unknown argument {other}")),
         }
     }
+    let runs = kinds.len() * wps.len();
+    println!(
+        "uffd-stress: {runs} run(s) ({kinds:?} x wp {wps:?}), each {mib} MiB bounced {bounces} \
+         times by {threads} thread(s) of {ops} lock operations per bounce"
+    );
     let mut failed = false;
+    let mut run = 0;
     for &kind in &kinds {
         for &wp in &wps {
+            run += 1;
             let psize = if kind == MemKind::Hugetlb {
                 2 << 20
             } else {
@@ -90,7 +124,9 @@ fn main() -> ExitCode {
             };
             let start = Instant::now();
             let limit = Duration::from_secs(120) * bounces as u32;
-            match run_bounded(cfg, limit) {
+            let label = format!("[{run}/{runs}] {kind:?} wp={wp}");
+            println!("running {label}: {pages} pages x {bounces} bounces");
+            match with_progress(&label, || run_bounded(cfg, limit)) {
                 Ok(Outcome::Done(r)) => println!(
                     "ok      {kind:?} wp={wp}: {pages} pages x {bounces} bounces in {:.1?}: {r:?}",
                     start.elapsed()

@@ -52,7 +52,7 @@ pub(super) type ForkCallback = Box<dyn Fn(Uffd) + Send + Sync>;
 ///
 /// let page = userfaultfd::page_size();
 /// let image: Vec<u8> = (0..64 * page).map(|i| (i / page) as u8).collect();
-/// let memory = Arc::new(mmap::MemoryMapping::new_private(64 * page)?);
+/// let memory = Arc::new(userfaultfd::mmap::MemoryMapping::new_private(64 * page)?);
 /// let uffd = UffdBuilder::new().user_mode_only(true).create()?;
 /// let server = ServerBuilder::new()
 ///     .region(Region::new(memory.clone(), Arc::new(MemorySource::new(image))))

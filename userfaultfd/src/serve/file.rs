@@ -171,7 +171,7 @@ fn past_end(offset: u64, len: usize, source_len: u64) -> io::Error {
 /// let source = Arc::new(FileSource::open(&path)?);
 /// std::fs::remove_file(&path)?;
 ///
-/// let memory = Arc::new(mmap::MemoryMapping::new_private(len)?);
+/// let memory = Arc::new(userfaultfd::mmap::MemoryMapping::new_private(len)?);
 /// let server = ServerBuilder::new()
 ///     .region(Region::new(memory.clone(), source))
 ///     .start(UffdBuilder::new().user_mode_only(true).create()?)?;
@@ -331,7 +331,7 @@ impl PageSource for FileSource {
 /// let source = Arc::new(MappedFileSource::open(&path)?);
 /// std::fs::remove_file(&path)?;
 ///
-/// let memory = Arc::new(mmap::MemoryMapping::new_private(64 * page)?);
+/// let memory = Arc::new(userfaultfd::mmap::MemoryMapping::new_private(64 * page)?);
 /// let server = ServerBuilder::new()
 ///     .region(Region::new(memory.clone(), source))
 ///     .start(UffdBuilder::new().user_mode_only(true).create()?)?;

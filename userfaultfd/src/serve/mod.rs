@@ -50,7 +50,7 @@
 //! let page = userfaultfd::page_size();
 //! // A "snapshot": page n holds the byte n.
 //! let image: Vec<u8> = (0..256 * page).map(|i| (i / page) as u8).collect();
-//! let memory = Arc::new(mmap::MemoryMapping::new_private(256 * page)?);
+//! let memory = Arc::new(userfaultfd::mmap::MemoryMapping::new_private(256 * page)?);
 //! let server = ServerBuilder::new()
 //!     .region(Region::new(memory.clone(), Arc::new(MemorySource::new(image))))
 //!     .start(UffdBuilder::new().user_mode_only(true).create()?)?;

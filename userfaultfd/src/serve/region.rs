@@ -108,10 +108,10 @@ impl Region {
     /// let page = userfaultfd::page_size();
     /// let image: Vec<u8> = (0..16 * page).map(|i| (i / page) as u8).collect();
     /// // The image in a memfd's page cache (written through a view of its own)...
-    /// let file = mmap::SharedMemory::new("image", (16 * page) as u64)?;
-    /// mmap::MemoryMapping::from_fd(&file, 16 * page)?.write_slice(&image, 0)?;
+    /// let file = userfaultfd::mmap::SharedMemory::new("image", (16 * page) as u64)?;
+    /// userfaultfd::mmap::MemoryMapping::from_fd(&file, 16 * page)?.write_slice(&image, 0)?;
     /// // ...and the guest's view of it, served by CONTINUE.
-    /// let guest = Arc::new(mmap::MemoryMapping::from_fd(&file, 16 * page)?);
+    /// let guest = Arc::new(userfaultfd::mmap::MemoryMapping::from_fd(&file, 16 * page)?);
     /// let server = ServerBuilder::new()
     ///     .region(Region::new(guest.clone(), Arc::new(MemorySource::new(image))).minor())
     ///     .start(userfaultfd::UffdBuilder::new().user_mode_only(true).create()?)?;

@@ -471,7 +471,7 @@ pub struct TcpSourceStats {
 /// // The destination: empty memory, filled on demand from the page server.
 /// let source = Arc::new(TcpSource::connect(pages.local_addr())?);
 /// assert_eq!(source.len() as usize, 64 * page);
-/// let memory = Arc::new(mmap::MemoryMapping::new_private(64 * page)?);
+/// let memory = Arc::new(userfaultfd::mmap::MemoryMapping::new_private(64 * page)?);
 /// let server = ServerBuilder::new()
 ///     .region(Region::new(memory.clone(), source.clone()))
 ///     .start(UffdBuilder::new().user_mode_only(true).create()?)?;

@@ -67,7 +67,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use examples::{page_size, write_pattern_file, Args, TempFile, EXIT_FAILURE};
-use mmap::MemoryMapping;
+use userfaultfd::mmap::MemoryMapping;
 
 use modes::{Figures, Outcome, Plan};
 use source::Throttle;

@@ -12,7 +12,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use examples::{page_size, wait_readable, Rng, StopSignal, Wait};
-use mmap::{MemoryMapping, MemoryMappingBuilder};
+use userfaultfd::mmap::{MemoryMapping, MemoryMappingBuilder};
 use userfaultfd::serve::{FileSource, MappedFileSource, PageSource, Region, ServerBuilder};
 use userfaultfd::{Error, Event, EventBuffer, IoctlFlags, Uffd, UffdBuilder};
 
