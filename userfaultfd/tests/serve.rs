@@ -34,6 +34,11 @@ fn image(pages: usize, page: usize) -> Vec<u8> {
     (0..pages * page).map(|i| byte_of(i / page)).collect()
 }
 
+/// A region over all of `m`, served from [`image`] of `pages` pages of `page` bytes.
+fn image_region(m: &Arc<MemoryMapping>, pages: usize, page: usize) -> Region {
+    Region::new(m.clone(), Arc::new(MemorySource::new(image(pages, page))))
+}
+
 fn user_uffd() -> userfaultfd::Uffd {
     UffdBuilder::new().user_mode_only(true).create().unwrap()
 }
@@ -102,10 +107,7 @@ fn demand_and_prefetch_only_without_background_fill() {
     let chunk = 64 << 10;
     let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
     let server = ServerBuilder::new()
-        .region(Region::new(
-            m.clone(),
-            Arc::new(MemorySource::new(image(pages, page))),
-        ))
+        .region(image_region(&m, pages, page))
         .background_threads(0)
         .prefetch(chunk)
         .prefetch_max(chunk)
@@ -159,10 +161,7 @@ fn hugetlb_regions_are_served_in_huge_pages() {
     };
     assert_eq!(mmap::MappedRegion::page_size(&*m), huge);
     let server = ServerBuilder::new()
-        .region(Region::new(
-            m.clone(),
-            Arc::new(MemorySource::new(image(pages, huge))),
-        ))
+        .region(image_region(&m, pages, huge))
         .start(user_uffd())
         .unwrap();
     touch_all(&m, huge, 4);
@@ -191,10 +190,7 @@ fn removed_pages_read_as_zeros_never_as_source_data() {
         .create()
         .unwrap();
     let server = ServerBuilder::new()
-        .region(Region::new(
-            m.clone(),
-            Arc::new(MemorySource::new(image(pages, page))),
-        ))
+        .region(image_region(&m, pages, page))
         .start(uffd)
         .unwrap();
     server.wait_populated(TIMEOUT).unwrap();
@@ -472,17 +468,11 @@ fn two_servers_at_once() {
     let a = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
     let b = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
     let sa = ServerBuilder::new()
-        .region(Region::new(
-            a.clone(),
-            Arc::new(MemorySource::new(image(pages, page))),
-        ))
+        .region(image_region(&a, pages, page))
         .start(user_uffd())
         .unwrap();
     let sb = ServerBuilder::new()
-        .region(Region::new(
-            b.clone(),
-            Arc::new(MemorySource::new(image(pages, page))),
-        ))
+        .region(image_region(&b, pages, page))
         .start(user_uffd())
         .unwrap();
     let ta = {
@@ -562,10 +552,7 @@ fn pages_present_before_start_are_kept() {
     let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
     m.write_obj(0xeeu8, 5 * page).unwrap();
     let server = ServerBuilder::new()
-        .region(Region::new(
-            m.clone(),
-            Arc::new(MemorySource::new(image(pages, page))),
-        ))
+        .region(image_region(&m, pages, page))
         .start(user_uffd())
         .unwrap();
     server.wait_populated(TIMEOUT).unwrap();
@@ -584,10 +571,7 @@ fn stop_when_populated_leaves_plain_memory() {
     let pages = 256;
     let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
     let server = ServerBuilder::new()
-        .region(Region::new(
-            m.clone(),
-            Arc::new(MemorySource::new(image(pages, page))),
-        ))
+        .region(image_region(&m, pages, page))
         .stop_when_populated(true)
         .start(user_uffd())
         .unwrap();
@@ -671,10 +655,7 @@ fn a_recorded_working_set_replays_before_the_workload_touches_it() {
     let run = |replay: Option<WorkingSet>| {
         let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
         let mut b = ServerBuilder::new()
-            .region(Region::new(
-                m.clone(),
-                Arc::new(MemorySource::new(image(pages, page))),
-            ))
+            .region(image_region(&m, pages, page))
             .background_threads(0)
             .record_working_set(true);
         let expect_replayed = replay.is_some();
@@ -721,10 +702,7 @@ fn a_working_set_naming_other_pages_is_refused() {
     let m = Arc::new(MemoryMapping::new_private(4 * page).unwrap());
     for entries in [vec![(1u32, 0u64)], vec![(0, 4 * page as u64)], vec![(0, 1)]] {
         let r = ServerBuilder::new()
-            .region(Region::new(
-                m.clone(),
-                Arc::new(MemorySource::new(image(4, page))),
-            ))
+            .region(image_region(&m, 4, page))
             .replay(WorkingSet::from_entries(entries.clone()))
             .start(user_uffd());
         assert!(
@@ -757,10 +735,7 @@ fn dirty_tracking_round_trip(uffd: userfaultfd::Uffd) -> userfaultfd::serve::Sta
     let pages = 256;
     let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
     let server = ServerBuilder::new()
-        .region(Region::new(
-            m.clone(),
-            Arc::new(MemorySource::new(image(pages, page))),
-        ))
+        .region(image_region(&m, pages, page))
         .prefetch(0)
         .background_threads(0)
         .track_dirty(true)
@@ -1093,10 +1068,7 @@ fn a_page_dropped_without_a_remove_event_is_served_again_not_spun_on() {
     let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
     // No EVENT_REMOVE: the server cannot learn of the drop below.
     let server = ServerBuilder::new()
-        .region(Region::new(
-            m.clone(),
-            Arc::new(MemorySource::new(image(pages, page))),
-        ))
+        .region(image_region(&m, pages, page))
         .start(user_uffd())
         .unwrap();
     server.wait_populated(TIMEOUT).unwrap();
