@@ -164,11 +164,11 @@ mod tests {
     #[test]
     fn backports_versions_are_picked_from_madison() {
         let madison = "\
-linux-libc-dev | 6.12.95-1~bpo12+1 | http://deb.debian.org/debian bookworm-backports/main amd64 Packages
-linux-libc-dev | 6.12.99-1~bpo12+1 | http://deb.debian.org/debian bookworm-backports/main amd64 Packages
-linux-libc-dev | 6.16.3-1~bpo12+1 | http://deb.debian.org/debian bookworm-backports/main amd64 Packages
-linux-libc-dev |  6.1.192-2 | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
-linux-libc-dev | 6.12.9-1 | http://deb.debian.org/debian trixie/main amd64 Packages
+linux-libc-dev | 6.12.95-1~bpo12+1 | http://mirror.invalid/debian bookworm-backports/main amd64 Packages
+linux-libc-dev | 6.12.99-1~bpo12+1 | http://mirror.invalid/debian bookworm-backports/main amd64 Packages
+linux-libc-dev | 6.16.3-1~bpo12+1 | http://mirror.invalid/debian bookworm-backports/main amd64 Packages
+linux-libc-dev |  6.1.192-2 | http://mirror.invalid/debian-security bookworm-security/main amd64 Packages
+linux-libc-dev | 6.12.9-1 | http://mirror.invalid/debian trixie/main amd64 Packages
 ";
         assert_eq!(
             backports_612_versions(madison),
