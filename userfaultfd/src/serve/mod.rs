@@ -61,6 +61,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "tokio")]
+mod async_source;
 mod builder;
 mod error;
 mod file;
@@ -74,6 +76,8 @@ pub mod tcp;
 mod threads;
 mod working_set;
 
+#[cfg(feature = "tokio")]
+pub use async_source::{AsyncPageSource, SourceFuture};
 pub use builder::{
     FailurePolicy, ServerBuilder, DEFAULT_BACKGROUND_CHUNK, DEFAULT_PREFETCH, MAX_PREFETCH,
 };
