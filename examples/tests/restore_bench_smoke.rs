@@ -7,7 +7,15 @@ use std::process::Output;
 
 mod common;
 
-const MODES: [&str; 5] = ["eager", "mmap", "naive", "serve", "serve-replay"];
+const MODES: [&str; 7] = [
+    "eager",
+    "mmap",
+    "naive",
+    "serve",
+    "serve-record",
+    "serve-replay",
+    "serve-replay-wait",
+];
 const FIGURES: [&str; 5] = [
     "first_touch_us",
     "working_set_ms",

@@ -23,9 +23,11 @@
 //!   follows it to its new address (a partial one stops serving the moved part). `FORK` hands
 //!   the child's fd to [`ServerBuilder::on_fork`].
 //! - **Working sets**: a server can record the order in which pages were first demanded
-//!   ([`ServerBuilder::record_working_set`], [`WorkingSet::save`]); the next restore replays it
-//!   ([`ServerBuilder::replay`]): those chunks are copied first, in that order, before
-//!   background fill, which pays off when the source is slow.
+//!   ([`ServerBuilder::record_working_set`], [`WorkingSet::save`]), exactly when asked
+//!   ([`ServerBuilder::exact_recording`]: no prefetch until [`Server::finish_recording`]);
+//!   the next restore replays it ([`ServerBuilder::replay`]): those pages (or chunks) are
+//!   copied first, in that order, by several threads at once, before background fill, which
+//!   pays off when the source is slow.
 //! - **Dirty tracking** ([`ServerBuilder::track_dirty`]): pages are installed
 //!   write-protected, and [`Server::dirty_pages`] lists the pages written since the restore or
 //!   the last call (`WP_ASYNC` and `PAGEMAP_SCAN` on Linux 6.7, write-protect faults before).
@@ -79,7 +81,8 @@ mod working_set;
 #[cfg(feature = "tokio")]
 pub use async_source::{AsyncPageSource, SourceFuture};
 pub use builder::{
-    FailurePolicy, ServerBuilder, DEFAULT_BACKGROUND_CHUNK, DEFAULT_PREFETCH, MAX_PREFETCH,
+    FailurePolicy, ServerBuilder, DEFAULT_BACKGROUND_CHUNK, DEFAULT_PREFETCH,
+    DEFAULT_REPLAY_THREADS, MAX_PREFETCH,
 };
 pub use error::ServeError;
 pub use file::{FileSource, MappedFileSource};

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::error::ServeError;
-use super::shared::{Dirty, Shared};
+use super::shared::{Dirty, Shared, Status};
 use super::stats::Stats;
 use super::working_set::WorkingSet;
 use crate::PageRegion;
@@ -59,6 +59,30 @@ impl Server {
     ///
     /// [`ServeError::Timeout`]; [`ServeError::Stopped`] when the server stopped first.
     pub fn wait_populated(&self, timeout: Duration) -> Result<(), ServeError> {
+        self.wait_for(timeout, |st| st.populated)
+    }
+
+    /// Waits, at most `timeout`, until the working set given to
+    /// [`ServerBuilder::replay`](super::ServerBuilder::replay) is present (at once without
+    /// one). A program that can hold its threads back, as a VMM holds its vCPUs, starts them
+    /// after this returns and finds its working set in memory: no faults on it, the whole set
+    /// read at the source's full speed (REAP's prefetch-then-invoke). Starting them at once
+    /// instead overlaps the replay with the first faults.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Timeout`]; [`ServeError::Stopped`] when the server stopped first.
+    pub fn wait_replayed(&self, timeout: Duration) -> Result<(), ServeError> {
+        let replaying = &self.shared.replaying;
+        self.wait_for(timeout, |_| !replaying.load(Ordering::Acquire))
+    }
+
+    /// Waits on the status condition until `done` holds, the server halts, or `timeout` passes.
+    fn wait_for(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&Status) -> bool,
+    ) -> Result<(), ServeError> {
         let deadline = Instant::now() + timeout;
         let mut st = self
             .shared
@@ -66,7 +90,7 @@ impl Server {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         loop {
-            if st.populated {
+            if done(&st) {
                 return Ok(());
             }
             if let Some(why) = &st.halted {
@@ -96,7 +120,27 @@ impl Server {
                 .collect(),
             None => Vec::new(),
         };
-        WorkingSet::from_entries(entries)
+        WorkingSet::from_entries(entries).with_exact(self.shared.exact_recording)
+    }
+
+    /// Ends the recording of the working set and returns it: later demands are not recorded.
+    /// After an [`exact_recording`](super::ServerBuilder::exact_recording), prefetch and
+    /// background fill start now (call it when the workload has touched its working set, e.g.
+    /// when a function invocation returns). Without recording, an empty set.
+    pub fn finish_recording(&self) -> WorkingSet {
+        if let Some(rec) = &self.shared.recorder {
+            rec.finish();
+        }
+        let ws = self.working_set();
+        if self.shared.recording_exact.swap(false, Ordering::AcqRel) {
+            let _st = self
+                .shared
+                .status
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.shared.changed.notify_all();
+        }
+        ws
     }
 
     /// The pages written since the server started or since the last call, as ranges of

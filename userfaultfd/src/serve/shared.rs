@@ -87,6 +87,14 @@ pub(super) struct Shared {
     pub(super) recorder: Option<Recorder>,
     /// A replay thread is still copying the working set: background fill waits.
     pub(super) replaying: AtomicBool,
+    /// Replay threads still running: the last one to finish clears `replaying`.
+    pub(super) replayers: AtomicUsize,
+    /// Recording exactly: no prefetch, background fill waits, until `finish_recording`.
+    pub(super) recording_exact: AtomicBool,
+    /// The server was built to record exactly (the recorded set is exact).
+    pub(super) exact_recording: bool,
+    /// Every region's source is memory (has a direct view): copies are CPU-bound, not reads.
+    pub(super) memory_sources: bool,
     /// The largest run one ioctl covers: the size of each thread's bounce buffer.
     pub(super) chunk_max: usize,
     /// A zero huge page, to resolve hugetlb pages with zeros (no `ZEROPAGE` on hugetlb).

@@ -2,7 +2,7 @@
 //! replay, and background fill.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::PoisonError;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -122,7 +122,14 @@ pub(super) fn handler_loop(s: &Shared, ready: &dyn Fn()) {
         for &(addr, kind, rw, t0) in &faults {
             demand(s, addr, kind, rw, t0, &mut bounce);
         }
-        if s.prefetch != 0 {
+        // While recording exactly, only the faulting pages: every page touched is demanded.
+        // While replaying from a source that is read (not memory), too: the replay is the
+        // better prefetch there, and chunks read around faults would take the source's
+        // bandwidth from it.
+        if s.prefetch != 0
+            && !s.recording_exact.load(Ordering::Acquire)
+            && (s.memory_sources || !s.replaying.load(Ordering::Acquire))
+        {
             for &(addr, _, _, _) in &faults {
                 prefetch(s, addr, &mut ra, &mut bounce);
             }
@@ -179,35 +186,79 @@ fn fill_missing(s: &Shared, ri: usize, start: usize, end: usize, path: Path, bou
     }
 }
 
-/// Copies each working-set page with its prefetch chunk, in order, then lets background fill
-/// start.
-pub(super) fn replay_loop(s: &Shared, ws: &WorkingSet, ready: &dyn Fn()) {
-    let mut bounce = vec![0u8; s.chunk_max];
+/// A working set turned into the reads that replay it, in recorded order: runs of adjacent
+/// pages (an exact set), or each entry's prefetch chunk (a set recorded while prefetching).
+/// Replay threads take the runs in order from a shared cursor.
+pub(super) struct ReplayPlan {
+    /// `(region, first page, end page)`.
+    runs: Vec<(usize, usize, usize)>,
+    next: AtomicUsize,
+    /// How many replay threads copy: one when every source is memory (a direct view: the
+    /// copies are CPU-bound, and more threads would only take CPUs from the program and its
+    /// faults); all of them otherwise, so that reads overlap.
+    active: usize,
+}
+
+impl ReplayPlan {
+    /// Entries were checked against the regions by the builder.
+    pub(super) fn new(ws: &WorkingSet, s: &Shared, threads: usize) -> ReplayPlan {
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+        for &(ri, off) in ws.entries() {
+            let (ri, r) = (ri as usize, &s.regions[ri as usize]);
+            let page = (off / r.page_size as u64) as usize;
+            let run = if ws.is_exact() {
+                (ri, page, page + 1)
+            } else {
+                let pages = (s.prefetch / r.page_size).max(1);
+                let start = page / pages * pages;
+                (ri, start, (start + pages).min(r.states.len()))
+            };
+            match runs.last_mut() {
+                // The same chunk again (or a page inside the previous run): nothing new.
+                Some(last) if last.0 == ri && last.1 <= run.1 && run.2 <= last.2 => {}
+                // The next page of an exact run: one read, up to the bounce buffer's size.
+                Some(last)
+                    if ws.is_exact()
+                        && last.0 == ri
+                        && last.2 == run.1
+                        && (last.2 - last.1 + 1) * r.page_size <= s.chunk_max =>
+                {
+                    last.2 = run.2;
+                }
+                _ => runs.push(run),
+            }
+        }
+        ReplayPlan {
+            runs,
+            next: AtomicUsize::new(0),
+            active: if s.memory_sources { 1 } else { threads },
+        }
+    }
+}
+
+/// Copies the working set's runs, taking them from the plan in order; the last replay thread
+/// to finish lets background fill start.
+pub(super) fn replay_loop(s: &Shared, plan: &ReplayPlan, me: usize, ready: &dyn Fn()) {
+    let mut bounce = vec![0u8; if me < plan.active { s.chunk_max } else { 0 }];
     let _ = thread::current().name().map(str::len);
     ready();
-    for &(ri, off) in ws.entries() {
-        if s.stopping() {
+    while me < plan.active && !s.stopping() {
+        let Some(&(ri, start, end)) = plan.runs.get(plan.next.fetch_add(1, Ordering::Relaxed))
+        else {
             break;
-        }
-        while s.demand_busy.load(Ordering::Acquire) != 0 && !s.stopping() {
+        };
+        // Demand faults first, but without waiting for them: the replay reads the pages the
+        // workload is about to fault on, and its reads overlap the faults' own.
+        if s.demand_busy.load(Ordering::Acquire) != 0 {
             thread::yield_now();
         }
-        let (ri, r) = (ri as usize, &s.regions[ri as usize]);
-        let page = (off / r.page_size as u64) as usize;
-        let pages = (s.prefetch / r.page_size).max(1);
-        let start = page / pages * pages;
-        fill_missing(
-            s,
-            ri,
-            start,
-            (start + pages).min(r.states.len()),
-            Path::Replay,
-            &mut bounce,
-        );
+        fill_missing(s, ri, start, end, Path::Replay, &mut bounce);
     }
-    s.replaying.store(false, Ordering::Release);
-    let _st = s.status.lock().unwrap_or_else(PoisonError::into_inner);
-    s.changed.notify_all();
+    if s.replayers.fetch_sub(1, Ordering::AcqRel) == 1 {
+        s.replaying.store(false, Ordering::Release);
+        let _st = s.status.lock().unwrap_or_else(PoisonError::into_inner);
+        s.changed.notify_all();
+    }
 }
 
 fn prefetch(s: &Shared, addr: usize, ra: &mut Readahead, bounce: &mut [u8]) {
@@ -249,10 +300,14 @@ pub(super) fn background_loop(s: &Shared, me: usize, of: usize, ready: &dyn Fn()
     // Start small and double while copies are fast: the first demand fault never waits
     // behind a large read of a slow source.
     let mut step_pages = 0;
-    // A working set being replayed goes first.
-    while s.replaying.load(Ordering::Acquire) && !s.stopping() {
+    // A working set being replayed goes first; an exact recording wants no background fill.
+    let wait = || {
+        (s.replaying.load(Ordering::Acquire) || s.recording_exact.load(Ordering::Acquire))
+            && !s.stopping()
+    };
+    while wait() {
         let st = s.status.lock().unwrap_or_else(PoisonError::into_inner);
-        if s.replaying.load(Ordering::Acquire) && !s.stopping() {
+        if wait() {
             let _ = s.changed.wait_timeout(st, Duration::from_millis(50));
         }
     }

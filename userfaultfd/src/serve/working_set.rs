@@ -6,10 +6,13 @@
 
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 const MAGIC: &[u8; 8] = b"UFFDWSET";
-const VERSION: u32 = 1;
+/// The version this crate writes; it reads this one and version 1 (which has no flags).
+const VERSION: u32 = 2;
+/// Header flag: the entries are exactly the pages demanded (see [`WorkingSet::is_exact`]).
+const FLAG_EXACT: u32 = 1;
 const HEADER: usize = 24;
 const ENTRY: usize = 16;
 
@@ -24,7 +27,7 @@ pub enum WorkingSetError {
     #[error("not a working-set file (no UFFDWSET magic)")]
     BadMagic,
     /// The file's version is not one this crate reads.
-    #[error("working-set file version {0} is not supported (this crate reads version 1)")]
+    #[error("working-set file version {0} is not supported (this crate reads versions 1 and 2)")]
     Version(u32),
     /// The file ends before its header or its entries do, or goes on after them.
     #[error("working-set file is {got} bytes, its header promises {want}")]
@@ -34,7 +37,7 @@ pub enum WorkingSetError {
         /// The size its header promises.
         want: u64,
     },
-    /// A reserved field is not zero.
+    /// A reserved field (or a flag this crate does not know) is not zero.
     #[error("working-set file: reserved field not zero at byte {0}")]
     Reserved(u64),
 }
@@ -45,8 +48,16 @@ pub enum WorkingSetError {
 /// Recorded by a server built with
 /// [`record_working_set`](super::ServerBuilder::record_working_set) ([`Server::working_set`](super::Server::working_set)),
 /// saved with [`write_to`](Self::write_to), loaded with [`read_from`](Self::read_from) and
-/// replayed by [`ServerBuilder::replay`](super::ServerBuilder::replay): those pages (with their
-/// prefetch chunks) are copied first, in that order, as soon as the server starts.
+/// replayed by [`ServerBuilder::replay`](super::ServerBuilder::replay): those pages are copied
+/// first, in that order, as soon as the server starts.
+///
+/// A set is **exact** ([`is_exact`](Self::is_exact)) when it was recorded with
+/// [`exact_recording`](super::ServerBuilder::exact_recording): the server served only the
+/// faulting pages while recording, so every page the workload touched is an entry, and replay
+/// copies just those pages (adjacent ones in one read). A set recorded while the server
+/// prefetched holds only the first page of each chunk the workload touched (prefetch made the
+/// rest present before they were touched), so replay copies each entry with the prefetch chunk
+/// around it: more data, fewer entries.
 ///
 /// # File format
 ///
@@ -55,13 +66,15 @@ pub enum WorkingSetError {
 /// | bytes | field |
 /// |---|---|
 /// | 8 | magic `UFFDWSET` |
-/// | 4 | version, `1` |
-/// | 4 | reserved, `0` |
+/// | 4 | version, `2` |
+/// | 4 | flags: bit 0 set when the set is [exact](Self::is_exact); the other bits `0` |
 /// | 8 | `n`, the number of entries |
 /// | 16 × `n` | entries: region index (`u32`), reserved `u32` (`0`), byte offset of the page in the region (`u64`) |
 ///
-/// Nothing follows the entries. A file that is shorter, longer, has another magic or version,
-/// or a non-zero reserved field, is refused with [`WorkingSetError`].
+/// Nothing follows the entries. Version 1 files (written before exact sets existed) are read
+/// too: their flags field is reserved, `0`. A file that is shorter, longer, has another magic
+/// or version, or a non-zero reserved field or unknown flag, is refused with
+/// [`WorkingSetError`].
 ///
 /// # Example
 ///
@@ -78,12 +91,30 @@ pub enum WorkingSetError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkingSet {
     entries: Vec<(u32, u64)>,
+    exact: bool,
 }
 
 impl WorkingSet {
-    /// A working set of the given `(region index, byte offset)` entries.
+    /// A working set of the given `(region index, byte offset)` entries, not
+    /// [exact](Self::is_exact): replay copies each entry's prefetch chunk.
     pub fn from_entries(entries: Vec<(u32, u64)>) -> WorkingSet {
-        WorkingSet { entries }
+        WorkingSet {
+            entries,
+            exact: false,
+        }
+    }
+
+    /// The same set, marked [exact](Self::is_exact) or not.
+    pub fn with_exact(mut self, exact: bool) -> WorkingSet {
+        self.exact = exact;
+        self
+    }
+
+    /// Whether the entries are every page the workload touched (recorded with
+    /// [`exact_recording`](super::ServerBuilder::exact_recording)), so replay copies just
+    /// those pages; otherwise each entry stands for its prefetch chunk.
+    pub fn is_exact(&self) -> bool {
+        self.exact
     }
 
     /// The entries, in demand order.
@@ -110,7 +141,8 @@ impl WorkingSet {
         let mut buf = Vec::with_capacity(HEADER + ENTRY * self.entries.len());
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&VERSION.to_le_bytes());
-        buf.extend_from_slice(&0u32.to_le_bytes());
+        let flags = if self.exact { FLAG_EXACT } else { 0 };
+        buf.extend_from_slice(&flags.to_le_bytes());
         buf.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
         for &(region, offset) in &self.entries {
             buf.extend_from_slice(&region.to_le_bytes());
@@ -152,10 +184,13 @@ impl WorkingSet {
         }
         let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap());
         let version = word(8);
-        if version != VERSION {
-            return Err(WorkingSetError::Version(version));
-        }
-        if word(12) != 0 {
+        let known_flags = match version {
+            1 => 0,
+            VERSION => FLAG_EXACT,
+            _ => return Err(WorkingSetError::Version(version)),
+        };
+        let flags = word(12);
+        if flags & !known_flags != 0 {
             return Err(WorkingSetError::Reserved(12));
         }
         let n = u64::from_le_bytes(header[16..24].try_into().unwrap());
@@ -193,7 +228,10 @@ impl WorkingSet {
         if read != want {
             return Err(WorkingSetError::Length { got: read, want });
         }
-        Ok(WorkingSet { entries })
+        Ok(WorkingSet {
+            entries,
+            exact: flags & FLAG_EXACT != 0,
+        })
     }
 
     /// Reads a working-set file.
@@ -225,6 +263,8 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 pub(crate) struct Recorder {
     slots: Box<[AtomicU64]>,
     next: AtomicUsize,
+    /// Cleared by `Server::finish_recording`: later demands are not recorded.
+    active: AtomicBool,
 }
 
 impl Recorder {
@@ -232,16 +272,25 @@ impl Recorder {
         Recorder {
             slots: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             next: AtomicUsize::new(0),
+            active: AtomicBool::new(true),
         }
     }
 
     /// Records the first demand of `page` of region `region` (each page is recorded at most
     /// once by the caller, which owns the page's claim).
     pub(crate) fn record(&self, region: usize, page: usize) {
+        if !self.active.load(Ordering::Relaxed) {
+            return;
+        }
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         if let Some(slot) = self.slots.get(i) {
             slot.store(((region as u64) << 40) | page as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Stops recording.
+    pub(crate) fn finish(&self) {
+        self.active.store(false, Ordering::Relaxed);
     }
 
     /// The entries so far, as `(region, page)`.
@@ -298,15 +347,24 @@ mod tests {
             Err(WorkingSetError::BadMagic)
         ));
         let mut bad = good.clone();
-        bad[8] = 2;
+        bad[8] = 3;
         assert!(matches!(
             WorkingSet::read_from(&bad[..]),
-            Err(WorkingSetError::Version(2))
+            Err(WorkingSetError::Version(3))
         ));
         let mut bad = good.clone();
-        bad[12] = 1;
+        bad[12] = 2; // a flag this version does not define
         assert!(matches!(
             WorkingSet::read_from(&bad[..]),
+            Err(WorkingSetError::Reserved(12))
+        ));
+        // Version 1 has no flags: the exact bit is a reserved bit there.
+        let mut v1 = good.clone();
+        v1[8] = 1;
+        assert_eq!(WorkingSet::read_from(&v1[..]).unwrap(), ws);
+        v1[12] = 1;
+        assert!(matches!(
+            WorkingSet::read_from(&v1[..]),
             Err(WorkingSetError::Reserved(12))
         ));
         let mut bad = good.clone();
@@ -323,6 +381,28 @@ mod tests {
             WorkingSet::read_from(&absurd[..]),
             Err(WorkingSetError::Length { .. })
         ));
+    }
+
+    #[test]
+    fn the_exact_flag_round_trips() {
+        let ws = WorkingSet::from_entries(vec![(0, 4096), (0, 0)]).with_exact(true);
+        let bytes = file(&ws);
+        assert_eq!(u32::from_le_bytes(bytes[12..16].try_into().unwrap()), 1);
+        let back = WorkingSet::read_from(&bytes[..]).unwrap();
+        assert!(back.is_exact());
+        assert_eq!(back, ws);
+        assert!(!WorkingSet::read_from(&file(&ws.with_exact(false))[..])
+            .unwrap()
+            .is_exact());
+    }
+
+    #[test]
+    fn a_finished_recorder_records_nothing_more() {
+        let r = Recorder::new(4);
+        r.record(0, 1);
+        r.finish();
+        r.record(0, 2);
+        assert_eq!(r.pages().collect::<Vec<_>>(), [(0, 1)]);
     }
 
     #[test]

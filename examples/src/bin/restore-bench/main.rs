@@ -14,7 +14,8 @@
 //! order split among the threads: a restored program touching its working set), then of every
 //! page (each thread a contiguous share, sequentially: the rest of memory).
 //!
-//! The modes, run in the order given (default `eager mmap naive serve serve-replay`),
+//! The modes, run in the order given (default `eager mmap naive serve serve-record
+//! serve-replay serve-replay-wait`),
 //! `--repeat R` times
 //! round-robin:
 //!
@@ -32,10 +33,21 @@
 //!   background fill), over `MappedFileSource` (copied straight from the page cache), or over
 //!   `FileSource` behind the throttle. Populated when `wait_populated` returned and the
 //!   workload ended. The run records its working set (the order of its demand faults).
-//! - `serve-replay`: as `serve`, replaying the working set the latest `serve` run recorded
-//!   (it needs one before it): the recorded chunks are copied first, in demand order, before
-//!   background fill. This is what a platform that restores the same snapshot many times does;
-//!   it pays off when the source is slow.
+//! - `serve-record`: as `serve`, recording the working set exactly (REAP's record phase): no
+//!   prefetch or background fill until every workload thread is done with its working set,
+//!   so each page the workload touches is demanded and recorded; then the server prefetches
+//!   and fills as `serve` does. Slower than `serve` for the working set; it is a profiling
+//!   run.
+//! - `serve-replay`: as `serve`, replaying the working set the latest `serve` or
+//!   `serve-record` run recorded (it needs one before it): the recorded pages (a `serve-record`
+//!   set) or chunks (a `serve` set, which holds one page per chunk touched) are copied first,
+//!   in demand order, by several threads, before background fill. This is what a platform
+//!   that restores the same snapshot many times does; it pays off when the source is slow.
+//!   The workload starts at once, so it overlaps the replay, faulting where it catches up with
+//!   it.
+//! - `serve-replay-wait`: as `serve-replay`, but the workload starts when the replay is done
+//!   (`Server::wait_replayed`), as a VMM resuming its vCPUs once the working set is in (REAP's
+//!   prefetch, then invoke): its first touch comes later, its working set runs without faults.
 //!
 //! `--source-mbps M` and `--source-latency-us L` throttle every read of the image (a shared
 //! link of M MB/s, and L µs per request) to stand for a disk or a network peer: the `eager`
@@ -69,7 +81,7 @@ use std::time::{Duration, Instant};
 use examples::{page_size, write_pattern_file, Args, TempFile, EXIT_FAILURE};
 use userfaultfd::mmap::MemoryMapping;
 
-use modes::{Figures, Outcome, Plan};
+use modes::{Figures, Outcome, Plan, WorkingSetUse};
 use source::Throttle;
 
 const USAGE: &str = "\
@@ -87,10 +99,19 @@ and fully present; then verifies every byte.
   --source-latency-us L  ... and to L microseconds per request
   --repeat R             run the modes R times, alternating, and print medians (default 1)
   --json                 one JSON object per line
-modes: eager mmap naive serve serve-replay (default: all, in this order; serve-replay
-replays the working set the latest serve run recorded)";
+modes: eager mmap naive serve serve-record serve-replay serve-replay-wait (default: all, in
+this order; the replay modes replay the working set the latest serve or serve-record run
+recorded)";
 
-const MODES: [&str; 5] = ["eager", "mmap", "naive", "serve", "serve-replay"];
+const MODES: [&str; 7] = [
+    "eager",
+    "mmap",
+    "naive",
+    "serve",
+    "serve-record",
+    "serve-replay",
+    "serve-replay-wait",
+];
 const SEED: u64 = 0x1_3a6e_5eed;
 
 /// The command line.
@@ -138,11 +159,19 @@ fn parse() -> Config {
     if c.modes.is_empty() {
         c.modes.extend(MODES);
     }
-    let first_serve = c.modes.iter().position(|&m| m == "serve");
-    let first_replay = c.modes.iter().position(|&m| m == "serve-replay");
+    let first_serve = c
+        .modes
+        .iter()
+        .position(|&m| m == "serve" || m == "serve-record");
+    let first_replay = c
+        .modes
+        .iter()
+        .position(|&m| m == "serve-replay" || m == "serve-replay-wait");
     if let Some(r) = first_replay {
         if first_serve.map_or(true, |s| s > r) {
-            args.usage_error("serve-replay replays what a serve run recorded: put serve before it");
+            args.usage_error(
+                "serve-replay replays what a serve or serve-record run recorded: put one before it",
+            );
         }
     }
     c
@@ -219,8 +248,10 @@ fn run_mode(mode: &str, setup: &Setup) -> Result<Outcome, String> {
         "eager" => modes::eager(setup),
         "mmap" => modes::mmap(setup),
         "naive" => modes::naive(setup),
-        "serve" => modes::serve(setup, false),
-        "serve-replay" => modes::serve(setup, true),
+        "serve" => modes::serve(setup, WorkingSetUse::Record),
+        "serve-record" => modes::serve(setup, WorkingSetUse::RecordExact),
+        "serve-replay" => modes::serve(setup, WorkingSetUse::Replay),
+        "serve-replay-wait" => modes::serve(setup, WorkingSetUse::ReplayThenRun),
         _ => unreachable!("modes are checked when parsing"),
     }?;
     verify(&outcome.memory, &setup.path, setup.len)?;

@@ -117,8 +117,14 @@ impl Workload {
     }
 }
 
-/// One workload thread: reads the first word of each page of its plan.
-fn touch(mem: &MemoryMapping, plan: &Plan, t: usize) -> Result<Workload, String> {
+/// One workload thread: reads the first word of each page of its plan; says so on `ws_done`
+/// when its working set is done.
+fn touch(
+    mem: &MemoryMapping,
+    plan: &Plan,
+    t: usize,
+    ws_done: Option<&Sender<()>>,
+) -> Result<Workload, String> {
     let ps = page_size();
     let mut sum = 0u64;
     let mut first = None;
@@ -135,6 +141,9 @@ fn touch(mem: &MemoryMapping, plan: &Plan, t: usize) -> Result<Workload, String>
         read(p)?;
     }
     let working_set = Instant::now();
+    if let Some(tx) = ws_done {
+        let _ = tx.send(());
+    }
     for p in plan.sweep[t].clone() {
         read(p)?;
     }
@@ -236,8 +245,23 @@ impl<T: Send + 'static> Crew<T> {
 }
 
 fn workload_crew(mem: &Arc<MemoryMapping>, plan: &Arc<Plan>) -> Result<Crew<Workload>, String> {
+    signalling_crew(mem, plan, None)
+}
+
+/// As [`workload_crew`], each thread sending on `ws_done` when its working set is done.
+fn signalling_crew(
+    mem: &Arc<MemoryMapping>,
+    plan: &Arc<Plan>,
+    ws_done: Option<Sender<()>>,
+) -> Result<Crew<Workload>, String> {
     let (mem, plan) = (Arc::clone(mem), Arc::clone(plan));
-    Crew::spawn("workload", plan.threads(), move |t| touch(&mem, &plan, t))
+    let ws_done = ws_done.map(Mutex::new);
+    Crew::spawn("workload", plan.threads(), move |t| {
+        let tx = ws_done
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner).clone());
+        touch(&mem, &plan, t, tx.as_ref())
+    })
 }
 
 /// Runs the workload on `mem` (its threads already made), started now; bounded by `deadline`.
@@ -521,17 +545,33 @@ pub fn naive(setup: &Setup) -> Result<Outcome, String> {
 // ----------------------------------------------------------------------------------------
 // serve
 
+/// What a `serve` run does with working sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkingSetUse {
+    /// Records the demanded pages while prefetching (one page per chunk touched).
+    Record,
+    /// Records exactly: only faulting pages are served until the working set is done.
+    RecordExact,
+    /// Replays the latest recording, the workload starting at once.
+    Replay,
+    /// Replays the latest recording, the workload starting when the replay is done.
+    ReplayThenRun,
+}
+
 /// The runtime with its defaults: the page cache mapped (`MappedFileSource`, copied straight
 /// from) when unthrottled, `FileSource` behind the throttle otherwise. It records its working
-/// set; with `replay`, it replays the one the latest `serve` run recorded.
-pub fn serve(setup: &Setup, replay: bool) -> Result<Outcome, String> {
+/// set (exactly with `RecordExact`: no prefetch or background fill until every workload thread
+/// is done with its working set); with `Replay`, it replays the latest recording.
+pub fn serve(setup: &Setup, ws_use: WorkingSetUse) -> Result<Outcome, String> {
+    let replay = matches!(ws_use, WorkingSetUse::Replay | WorkingSetUse::ReplayThenRun);
     let working_set = if replay {
         let recorded = setup
             .recorded
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         Some(recorded.clone().ok_or(
-            "serve-replay needs a serve run before it (its recorded working set)".to_string(),
+            "serve-replay needs a serve or serve-record run before it (its recorded working set)"
+                .to_string(),
         )?)
     } else {
         None
@@ -546,14 +586,18 @@ pub fn serve(setup: &Setup, replay: bool) -> Result<Outcome, String> {
         Some(_) => pread_source(setup)?,
     };
     let errors = Arc::new(Mutex::new(None::<String>));
-    let workload = workload_crew(&memory, &setup.plan)?;
+    let exact = ws_use == WorkingSetUse::RecordExact;
+    let (ws_tx, ws_rx) = mpsc::channel();
+    let workload = signalling_crew(&memory, &setup.plan, Some(ws_tx))?;
     // The clock starts before `start()`, which registers the region and starts the threads:
     // its background fill may run before `start()` returns (when the spawning thread is
     // preempted), and that work belongs to the measured span.
     let t0 = Instant::now();
     let server = {
         let errors = Arc::clone(&errors);
-        let mut builder = ServerBuilder::new().record_working_set(!replay);
+        let mut builder = ServerBuilder::new()
+            .record_working_set(!replay)
+            .exact_recording(exact);
         if let Some(ws) = working_set {
             builder = builder.replay(ws);
         }
@@ -568,7 +612,33 @@ pub fn serve(setup: &Setup, replay: bool) -> Result<Outcome, String> {
             .start(create_uffd()?)
             .map_err(|e| format!("starting the server: {e}"))?
     };
+    let server = Arc::new(server);
+    // When every workload thread is done with its working set: count the demand faults so far,
+    // and end an exact recording.
+    let finisher = {
+        let (server, threads, deadline) = (
+            Arc::clone(&server),
+            setup.plan.threads(),
+            t0 + setup.deadline,
+        );
+        thread::spawn(move || {
+            for _ in 0..threads {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                ws_rx.recv_timeout(wait).ok()?;
+            }
+            let faults = server.stats().demand_faults;
+            Some((faults, exact.then(|| server.finish_recording())))
+        })
+    };
+    if ws_use == WorkingSetUse::ReplayThenRun {
+        server
+            .wait_replayed(setup.deadline)
+            .map_err(|e| format!("waiting for the replay: {e}"))?;
+    }
     let w = run_workload(workload, t0 + setup.deadline);
+    let at_ws = finisher.join().ok().flatten();
+    let ws_faults = at_ws.as_ref().map(|(f, _)| *f);
+    let exact_set = exact.then(|| at_ws.and_then(|(_, set)| set));
     let populated = w
         .as_ref()
         .map_err(|e| e.clone())
@@ -579,11 +649,16 @@ pub fn serve(setup: &Setup, replay: bool) -> Result<Outcome, String> {
         })
         .map(|()| Instant::now());
     if !replay {
+        let recorded = match exact_set {
+            Some(set) => set.ok_or("the exact recording did not end")?,
+            None => server.working_set(),
+        };
         *setup
             .recorded
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(server.working_set());
+            .unwrap_or_else(PoisonError::into_inner) = Some(recorded);
     }
+    let server = Arc::try_unwrap(server).map_err(|_| "the server is still shared".to_string())?;
     // Shut down (unregister) before verification reads the region: a page the server missed
     // then reads as zeros instead of blocking.
     let stats = server.shutdown().map_err(|e| format!("shutdown: {e}"))?;
@@ -595,11 +670,12 @@ pub fn serve(setup: &Setup, replay: bool) -> Result<Outcome, String> {
     let l = &stats.latency;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let detail = format!(
-        "demand_faults={} pages_demand={} pages_prefetch={} pages_background={} pages_replay={} \
+        "demand_faults={} ws_demand_faults={} pages_demand={} pages_prefetch={} pages_background={} pages_replay={} \
          pages_zero={} \
          copy_ioctls={} already_mapped={} latency_p50_us={:.1} latency_p99_us={:.1} \
          latency_max_us={:.1} latency_count={} time_to_populated_ms={}",
         stats.demand_faults,
+        ws_faults.map_or("none".into(), |f| f.to_string()),
         stats.pages_demand,
         stats.pages_prefetch,
         stats.pages_background,
