@@ -118,10 +118,6 @@
 //!
 //! Linux only.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-#![deny(clippy::undocumented_unsafe_blocks)]
-#![warn(missing_docs)]
-
 mod access;
 mod advice;
 mod arena;

@@ -22,7 +22,6 @@
 //! assert_eq!(UFFDIO_COPY, 0xc028_aa03);
 //! ```
 #![no_std]
-#![deny(unsafe_op_in_unsafe_fn)]
 
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!(

@@ -104,8 +104,6 @@
 //!   man-pages 6.10 and later);
 //! * `PAGEMAP_SCAN(2const)`, for [`PageMap::scan`];
 //! * the kernel's [`Documentation/admin-guide/mm/userfaultfd.rst`](https://docs.kernel.org/admin-guide/mm/userfaultfd.html).
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(missing_docs)]
 
 mod builder;
 mod error;
