@@ -123,42 +123,13 @@ pub const fn iowr<T>(ty: u32, nr: u32) -> u32 {
 /// `'f'`, the type byte of `PAGEMAP_SCAN` (`PROCFS_IOCTL_MAGIC` in `linux/fs.h`).
 pub const PROCFS_IOCTL_MAGIC: u32 = b'f' as u32;
 
-/// The argument of every ioctl in this crate, per the uAPI headers: `(name, dir, type, nr, size)`.
-///
-/// The request constants below are built from this table's rows, and tests walk it to check each
-/// family.
-#[rustfmt::skip] // one row per line reads as the table it is
-pub const IOCTL_TABLE: [(&str, IoctlDir, u32, u32, usize); 12] = {
-    use crate::*;
-    use core::mem::size_of;
-    use IoctlDir::*;
-    [
-        ("UFFDIO_API", ReadWrite, UFFDIO, _UFFDIO_API, size_of::<uffdio_api>()),
-        ("UFFDIO_REGISTER", ReadWrite, UFFDIO, _UFFDIO_REGISTER, size_of::<uffdio_register>()),
-        // `_IOR` by a historical mistake the kernel keeps for ABI compatibility.
-        ("UFFDIO_UNREGISTER", Read, UFFDIO, _UFFDIO_UNREGISTER, size_of::<uffdio_range>()),
-        ("UFFDIO_WAKE", Read, UFFDIO, _UFFDIO_WAKE, size_of::<uffdio_range>()),
-        ("UFFDIO_COPY", ReadWrite, UFFDIO, _UFFDIO_COPY, size_of::<uffdio_copy>()),
-        ("UFFDIO_ZEROPAGE", ReadWrite, UFFDIO, _UFFDIO_ZEROPAGE, size_of::<uffdio_zeropage>()),
-        ("UFFDIO_MOVE", ReadWrite, UFFDIO, _UFFDIO_MOVE, size_of::<uffdio_move>()),
-        (
-            "UFFDIO_WRITEPROTECT",
-            ReadWrite,
-            UFFDIO,
-            _UFFDIO_WRITEPROTECT,
-            size_of::<uffdio_writeprotect>(),
-        ),
-        ("UFFDIO_CONTINUE", ReadWrite, UFFDIO, _UFFDIO_CONTINUE, size_of::<uffdio_continue>()),
-        ("UFFDIO_POISON", ReadWrite, UFFDIO, _UFFDIO_POISON, size_of::<uffdio_poison>()),
-        ("USERFAULTFD_IOC_NEW", None, USERFAULTFD_IOC, 0x00, 0),
-        ("PAGEMAP_SCAN", ReadWrite, PROCFS_IOCTL_MAGIC, 16, size_of::<pm_scan_arg>()),
-    ]
-};
-
-/// Request number of row `i` of [`IOCTL_TABLE`] in `encoding`.
-pub const fn table_request(encoding: IoctlEncoding, i: usize) -> u32 {
-    let (_, dir, ty, nr, size) = IOCTL_TABLE[i];
-    encoding.ioc(dir, ty, nr, size)
+/// The name of an ioctl request number of this crate (`"UFFDIO_COPY"` for
+/// [`UFFDIO_COPY`](crate::UFFDIO_COPY)), for messages and logs; `None` for other numbers.
+pub fn name(request: u32) -> Option<&'static str> {
+    crate::requests::ROWS
+        .iter()
+        .find(|row| row.request(IoctlEncoding::NATIVE) == request)
+        .map(|row| row.name)
 }
 
 #[cfg(test)]
@@ -166,36 +137,6 @@ mod tests {
     use super::*;
     use IoctlDir::*;
     use IoctlEncoding::*;
-
-    /// Values worked out by hand from each family's `ioctl.h` rules:
-    /// generic = dir<<30 | size<<16 | type<<8 | nr with NONE=0, WRITE=1, READ=2;
-    /// powerpc/mips/sparc = dir<<29 | size<<16 | type<<8 | nr with NONE=1, READ=2, WRITE=4.
-    const EXPECTED: [(&str, u32, u32); 12] = [
-        // name, generic, powerpc/mips/sparc
-        ("UFFDIO_API", 0xc018_aa3f, 0xc018_aa3f),
-        ("UFFDIO_REGISTER", 0xc020_aa00, 0xc020_aa00),
-        ("UFFDIO_UNREGISTER", 0x8010_aa01, 0x4010_aa01),
-        ("UFFDIO_WAKE", 0x8010_aa02, 0x4010_aa02),
-        ("UFFDIO_COPY", 0xc028_aa03, 0xc028_aa03),
-        ("UFFDIO_ZEROPAGE", 0xc020_aa04, 0xc020_aa04),
-        ("UFFDIO_MOVE", 0xc028_aa05, 0xc028_aa05),
-        ("UFFDIO_WRITEPROTECT", 0xc018_aa06, 0xc018_aa06),
-        ("UFFDIO_CONTINUE", 0xc020_aa07, 0xc020_aa07),
-        ("UFFDIO_POISON", 0xc020_aa08, 0xc020_aa08),
-        ("USERFAULTFD_IOC_NEW", 0x0000_aa00, 0x2000_aa00),
-        ("PAGEMAP_SCAN", 0xc060_6610, 0xc060_6610),
-    ];
-
-    #[test]
-    fn every_family_matches_hand_worked_values() {
-        for (i, (name, generic, other)) in EXPECTED.iter().enumerate() {
-            assert_eq!(IOCTL_TABLE[i].0, *name);
-            assert_eq!(table_request(Generic, i), *generic, "{name} generic");
-            for fam in [PowerPc, Mips, Sparc] {
-                assert_eq!(table_request(fam, i), *other, "{name} {fam:?}");
-            }
-        }
-    }
 
     #[test]
     fn direction_codes_per_family() {
@@ -218,12 +159,5 @@ mod tests {
     #[should_panic(expected = "too large")]
     fn oversized_argument_is_refused() {
         let _ = PowerPc.ioc(Read, 1, 2, 1 << 13);
-    }
-
-    #[test]
-    fn native_family() {
-        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-        assert_eq!(IoctlEncoding::NATIVE, Generic);
-        assert_eq!(crate::UFFDIO_COPY, table_request(IoctlEncoding::NATIVE, 4));
     }
 }

@@ -21,7 +21,7 @@
 //! # #[cfg(target_arch = "x86_64")]
 //! assert_eq!(UFFDIO_COPY, 0xc028_aa03);
 //! ```
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!(
@@ -41,40 +41,22 @@ pub use bindings::*;
 
 pub mod ioctl;
 
-use ioctl::{io, ior, iowr, PROCFS_IOCTL_MAGIC};
+mod requests;
+
+// The constants against a C program's output (x86_64 is what that program was built for).
+#[cfg(all(test, target_arch = "x86_64"))]
+mod c_numbers;
+pub use requests::{
+    PAGEMAP_SCAN, UFFDIO_API, UFFDIO_CONTINUE, UFFDIO_COPY, UFFDIO_MOVE, UFFDIO_POISON,
+    UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WAKE, UFFDIO_WRITEPROTECT, UFFDIO_ZEROPAGE,
+    USERFAULTFD_IOC_NEW,
+};
 
 /// `UFFD_API_IOCTLS`: the ioctls `UFFDIO_API` reports on every fd (`REGISTER`, `UNREGISTER`,
 /// `API`). Bit 63 is set, which the macro evaluation bindgen relies on cannot represent, so it is
-/// spelled here and checked against what a C program prints (`tests/c_numbers.rs`). Since
+/// spelled here and checked against what a C program prints (`src/c_numbers.rs`). Since
 /// Linux 4.3.
 pub const UFFD_API_IOCTLS: u64 = 1 << _UFFDIO_REGISTER | 1 << _UFFDIO_UNREGISTER | 1 << _UFFDIO_API;
-
-/// `UFFDIO_API`: `_IOWR(0xAA, 0x3F, struct uffdio_api)`, the handshake (Linux 4.3).
-pub const UFFDIO_API: u32 = iowr::<uffdio_api>(UFFDIO, _UFFDIO_API);
-/// `UFFDIO_REGISTER`: `_IOWR(0xAA, 0x00, struct uffdio_register)` (Linux 4.3).
-pub const UFFDIO_REGISTER: u32 = iowr::<uffdio_register>(UFFDIO, _UFFDIO_REGISTER);
-/// `UFFDIO_UNREGISTER`: `_IOR(0xAA, 0x01, struct uffdio_range)` (Linux 4.3; `_IOR` by a
-/// historical mistake kept for ABI compatibility).
-pub const UFFDIO_UNREGISTER: u32 = ior::<uffdio_range>(UFFDIO, _UFFDIO_UNREGISTER);
-/// `UFFDIO_WAKE`: `_IOR(0xAA, 0x02, struct uffdio_range)` (Linux 4.3).
-pub const UFFDIO_WAKE: u32 = ior::<uffdio_range>(UFFDIO, _UFFDIO_WAKE);
-/// `UFFDIO_COPY`: `_IOWR(0xAA, 0x03, struct uffdio_copy)` (Linux 4.3).
-pub const UFFDIO_COPY: u32 = iowr::<uffdio_copy>(UFFDIO, _UFFDIO_COPY);
-/// `UFFDIO_ZEROPAGE`: `_IOWR(0xAA, 0x04, struct uffdio_zeropage)` (Linux 4.3).
-pub const UFFDIO_ZEROPAGE: u32 = iowr::<uffdio_zeropage>(UFFDIO, _UFFDIO_ZEROPAGE);
-/// `UFFDIO_MOVE`: `_IOWR(0xAA, 0x05, struct uffdio_move)` (Linux 6.8).
-pub const UFFDIO_MOVE: u32 = iowr::<uffdio_move>(UFFDIO, _UFFDIO_MOVE);
-/// `UFFDIO_WRITEPROTECT`: `_IOWR(0xAA, 0x06, struct uffdio_writeprotect)` (Linux 5.7).
-pub const UFFDIO_WRITEPROTECT: u32 = iowr::<uffdio_writeprotect>(UFFDIO, _UFFDIO_WRITEPROTECT);
-/// `UFFDIO_CONTINUE`: `_IOWR(0xAA, 0x07, struct uffdio_continue)` (Linux 5.13).
-pub const UFFDIO_CONTINUE: u32 = iowr::<uffdio_continue>(UFFDIO, _UFFDIO_CONTINUE);
-/// `UFFDIO_POISON`: `_IOWR(0xAA, 0x08, struct uffdio_poison)` (Linux 6.6).
-pub const UFFDIO_POISON: u32 = iowr::<uffdio_poison>(UFFDIO, _UFFDIO_POISON);
-/// `USERFAULTFD_IOC_NEW`: `_IO(0xAA, 0x00)` on `/dev/userfaultfd`; the argument (passed by value)
-/// is the `userfaultfd(2)` flags and the result a new userfaultfd (Linux 6.1).
-pub const USERFAULTFD_IOC_NEW: u32 = io(USERFAULTFD_IOC, 0x00);
-/// `PAGEMAP_SCAN`: `_IOWR('f', 16, struct pm_scan_arg)` on `/proc/<pid>/pagemap` (Linux 6.7).
-pub const PAGEMAP_SCAN: u32 = iowr::<pm_scan_arg>(PROCFS_IOCTL_MAGIC, 16);
 
 /// Shows the event code and the union's words as raw integers (which member is live depends on
 /// `event`; the `userfaultfd` crate decodes it).

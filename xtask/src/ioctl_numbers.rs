@@ -9,24 +9,43 @@ use std::process::Command;
 
 use crate::{HeaderSource, Result};
 
-/// Every ioctl request number the sys crate defines, as the C headers spell it.
-pub const IOCTLS: &[(&str, &str)] = &[
-    ("UFFDIO_API", "linux/userfaultfd.h"),
-    ("UFFDIO_REGISTER", "linux/userfaultfd.h"),
-    ("UFFDIO_UNREGISTER", "linux/userfaultfd.h"),
-    ("UFFDIO_WAKE", "linux/userfaultfd.h"),
-    ("UFFDIO_COPY", "linux/userfaultfd.h"),
-    ("UFFDIO_ZEROPAGE", "linux/userfaultfd.h"),
-    ("UFFDIO_MOVE", "linux/userfaultfd.h"),
-    ("UFFDIO_WRITEPROTECT", "linux/userfaultfd.h"),
-    ("UFFDIO_CONTINUE", "linux/userfaultfd.h"),
-    ("UFFDIO_POISON", "linux/userfaultfd.h"),
-    ("USERFAULTFD_IOC_NEW", "linux/userfaultfd.h"),
-    ("PAGEMAP_SCAN", "linux/fs.h"),
-    // Not an ioctl number, but a 64-bit value clang's macro evaluation cannot give bindgen
-    // (bit 63 is set), so the sys crate spells it by hand and is checked against this.
-    ("UFFD_API_IOCTLS", "linux/userfaultfd.h"),
-];
+/// The names the C program prints, taken from the headers themselves (not from a list kept
+/// beside the sys crate's): every ioctl request `linux/userfaultfd.h` defines (a `#define` of an
+/// `_IO`, `_IOR`, `_IOW` or `_IOWR` expression), `PAGEMAP_SCAN` of `linux/fs.h` (the one request
+/// of that header the sys crate binds), and `UFFD_API_IOCTLS`: not an ioctl number, but a 64-bit
+/// value clang's macro evaluation cannot give bindgen (bit 63 is set), so the sys crate spells it
+/// by hand and is checked against this. The sys crate's test fails if a name printed here is
+/// missing from the crate, or the other way round.
+pub fn printed_names(src: &HeaderSource) -> Result<Vec<String>> {
+    let header = src.include.join("linux/userfaultfd.h");
+    let text = fs::read_to_string(&header).map_err(|e| format!("{}: {e}", header.display()))?;
+    let mut names = request_defines(&text);
+    if names.is_empty() {
+        return Err(format!("{}: no ioctl request defined", header.display()).into());
+    }
+    names.push("PAGEMAP_SCAN".into());
+    names.push("UFFD_API_IOCTLS".into());
+    Ok(names)
+}
+
+/// The names of the `#define NAME _IO…(…)` lines of a header, in order.
+fn request_defines(header: &str) -> Vec<String> {
+    header
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("#define") {
+                return None;
+            }
+            let name = words.next()?;
+            let body = words.next()?;
+            let ioc = ["_IO(", "_IOR(", "_IOW(", "_IOWR("];
+            ioc.iter()
+                .any(|m| body.starts_with(m))
+                .then(|| name.to_string())
+        })
+        .collect()
+}
 
 /// Compiles and runs a C program that prints every ioctl number, and returns its output.
 ///
@@ -35,7 +54,7 @@ pub fn c_ioctl_numbers(src: &HeaderSource, dir: &Path) -> Result<String> {
     let mut c = String::from(
         "#include <stdio.h>\n#include <linux/userfaultfd.h>\n#include <linux/fs.h>\nint main(void) {\n",
     );
-    for (name, _) in IOCTLS {
+    for name in printed_names(src)? {
         let _ = writeln!(
             c,
             "    printf(\"{name} 0x%llx\\n\", (unsigned long long){name});"
@@ -94,4 +113,25 @@ pub fn c_ioctl_numbers(src: &HeaderSource, dir: &Path) -> Result<String> {
     );
     text.push_str(&String::from_utf8_lossy(&run.stdout));
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_defines_are_the_io_macros() {
+        let header = "\
+#define UFFDIO 0xAA
+#define _UFFDIO_COPY (0x03)
+#define UFFDIO_API\t\t_IOWR(UFFDIO, _UFFDIO_API, struct uffdio_api)
+#define UFFDIO_UNREGISTER\t_IOR(UFFDIO, _UFFDIO_UNREGISTER, struct uffdio_range)
+#define USERFAULTFD_IOC_NEW\t_IO(USERFAULTFD_IOC, 0x00)
+#define UFFD_FEATURE_MOVE (1<<16)
+";
+        assert_eq!(
+            request_defines(header),
+            ["UFFDIO_API", "UFFDIO_UNREGISTER", "USERFAULTFD_IOC_NEW"]
+        );
+    }
 }
