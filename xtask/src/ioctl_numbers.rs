@@ -21,7 +21,7 @@ pub fn printed_names(src: &HeaderSource) -> Result<Vec<String>> {
     let text = fs::read_to_string(&header).map_err(|e| format!("{}: {e}", header.display()))?;
     let mut names = request_defines(&text);
     if names.is_empty() {
-        return Err(format!("{}: no ioctl request defined", header.display()).into());
+        return Err(format!("{}: no ioctl request defined", header.display()));
     }
     names.push("PAGEMAP_SCAN".into());
     names.push("UFFD_API_IOCTLS".into());
