@@ -83,14 +83,60 @@ pub fn range_outcome(
     }
 }
 
-fn outcome(
-    op: Operation,
-    ret: std::result::Result<i32, Errno>,
-    field: i64,
-    len: usize,
-    dst: usize,
-) -> Result<usize> {
-    range_outcome(op, ret.err(), field, len, dst)
+/// The argument struct of a range ioctl, and where the kernel reports its progress.
+trait RangeArg {
+    /// The output field: bytes done, or `-errno` when nothing was done.
+    fn progress(&self) -> i64;
+}
+
+macro_rules! range_arg {
+    ($($ty:ident . $field:ident),*) => {
+        $(impl RangeArg for sys::$ty {
+            fn progress(&self) -> i64 {
+                self.$field
+            }
+        })*
+    };
+}
+range_arg!(
+    uffdio_copy.copy,
+    uffdio_zeropage.zeropage,
+    uffdio_continue.mapped,
+    uffdio_poison.updated,
+    uffdio_move.move_
+);
+
+/// `{ start, len }` as the kernel's `uffdio_range`.
+fn uffdio_range(start: *mut c_void, len: usize) -> sys::uffdio_range {
+    sys::uffdio_range {
+        start: start as u64,
+        len: len as u64,
+    }
+}
+
+impl Uffd {
+    /// Issues the range ioctl `request` (operation `op`) on `arg`, whose destination is
+    /// `dst..dst+len`: checks the range first, then reads the outcome through the
+    /// partial-progress rule ([`range_outcome`]).
+    ///
+    /// # Safety
+    ///
+    /// `arg` is the argument struct `request` takes, describing `dst..dst+len`, and the caller
+    /// vouches for the ioctl's effect on memory (the range-op's own safety contract).
+    unsafe fn resolve_ioctl<T: RangeArg>(
+        &self,
+        op: Operation,
+        request: u32,
+        dst: usize,
+        len: usize,
+        arg: &mut T,
+    ) -> Result<usize> {
+        range::check(op, dst, len)?;
+        // SAFETY: `arg` is a live argument struct of `request` (the caller's contract), which the
+        // kernel reads and writes; the memory effects are the caller's to vouch for.
+        let ret = unsafe { raw::ioctl(self.as_fd(), request, arg) };
+        range_outcome(op, ret.err(), arg.progress(), len, dst)
+    }
 }
 
 fn wake_mode(wake: bool, dontwake: u64) -> u64 {
@@ -182,8 +228,6 @@ impl Uffd {
         len: usize,
         mode: CopyMode,
     ) -> Result<usize> {
-        let op = Operation::Copy;
-        range::check(op, dst as usize, len)?;
         let mut arg = sys::uffdio_copy {
             dst: dst as u64,
             src: src as u64,
@@ -191,10 +235,17 @@ impl Uffd {
             mode: mode.bits(),
             copy: 0,
         };
-        // SAFETY: `arg` is a live `uffdio_copy` that UFFDIO_COPY reads and writes; the caller
-        // vouches for the memory effects on `dst` and the readability of `src`.
-        let ret = unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_COPY, &mut arg) };
-        outcome(op, ret, arg.copy, len, dst as usize)
+        // SAFETY: a `uffdio_copy` for UFFDIO_COPY over `dst..dst+len`; the caller vouches for
+        // the memory effects on `dst` and the readability of `src`.
+        unsafe {
+            self.resolve_ioctl(
+                Operation::Copy,
+                sys::UFFDIO_COPY,
+                dst as usize,
+                len,
+                &mut arg,
+            )
+        }
     }
 
     /// Resolves missing faults by mapping zero pages over `[start, start+len)`
@@ -248,19 +299,22 @@ impl Uffd {
         len: usize,
         mode: ZeropageMode,
     ) -> Result<usize> {
-        let op = Operation::Zeropage;
-        range::check(op, start as usize, len)?;
         let mut arg = sys::uffdio_zeropage {
-            range: sys::uffdio_range {
-                start: start as u64,
-                len: len as u64,
-            },
+            range: uffdio_range(start, len),
             mode: mode.bits(),
             zeropage: 0,
         };
-        // SAFETY: `arg` is a live `uffdio_zeropage`; the caller vouches for the memory effect.
-        let ret = unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_ZEROPAGE, &mut arg) };
-        outcome(op, ret, arg.zeropage, len, start as usize)
+        // SAFETY: a `uffdio_zeropage` for UFFDIO_ZEROPAGE over `start..start+len`; the caller
+        // vouches for the memory effect.
+        unsafe {
+            self.resolve_ioctl(
+                Operation::Zeropage,
+                sys::UFFDIO_ZEROPAGE,
+                start as usize,
+                len,
+                &mut arg,
+            )
+        }
     }
 
     /// Resolves minor faults by mapping the pages already in the page cache over
@@ -320,20 +374,22 @@ impl Uffd {
         len: usize,
         mode: ContinueMode,
     ) -> Result<usize> {
-        let op = Operation::Continue;
-        range::check(op, start as usize, len)?;
         let mut arg = sys::uffdio_continue {
-            range: sys::uffdio_range {
-                start: start as u64,
-                len: len as u64,
-            },
+            range: uffdio_range(start, len),
             mode: mode.bits(),
             mapped: 0,
         };
-        // SAFETY: `arg` is a live `uffdio_continue`; CONTINUE maps existing page-cache pages,
-        // whose contents the shared mapping already exposes.
-        let ret = unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_CONTINUE, &mut arg) };
-        outcome(op, ret, arg.mapped, len, start as usize)
+        // SAFETY: a `uffdio_continue` for UFFDIO_CONTINUE over `start..start+len`; CONTINUE maps
+        // existing page-cache pages, whose contents the shared mapping already exposes.
+        unsafe {
+            self.resolve_ioctl(
+                Operation::Continue,
+                sys::UFFDIO_CONTINUE,
+                start as usize,
+                len,
+                &mut arg,
+            )
+        }
     }
 
     /// Resolves missing faults by marking `[start, start+len)` poisoned (`UFFDIO_POISON`,
@@ -382,20 +438,23 @@ impl Uffd {
         len: usize,
         mode: PoisonMode,
     ) -> Result<usize> {
-        let op = Operation::Poison;
-        range::check(op, start as usize, len)?;
         let mut arg = sys::uffdio_poison {
-            range: sys::uffdio_range {
-                start: start as u64,
-                len: len as u64,
-            },
+            range: uffdio_range(start, len),
             mode: mode.bits(),
             updated: 0,
         };
-        // SAFETY: `arg` is a live `uffdio_poison`. Poison only affects missing pages, which then
-        // raise SIGBUS on access; the caller vouches that no Rust code relies on them.
-        let ret = unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_POISON, &mut arg) };
-        outcome(op, ret, arg.updated, len, start as usize)
+        // SAFETY: a `uffdio_poison` for UFFDIO_POISON over `start..start+len`. Poison only
+        // affects missing pages, which then raise SIGBUS on access; the caller vouches that no
+        // Rust code relies on them.
+        unsafe {
+            self.resolve_ioctl(
+                Operation::Poison,
+                sys::UFFDIO_POISON,
+                start as usize,
+                len,
+                &mut arg,
+            )
+        }
     }
 
     /// Resolves missing faults by moving the anonymous pages at `src` to `dst` without copying
@@ -473,9 +532,7 @@ impl Uffd {
         len: usize,
         mode: MoveMode,
     ) -> Result<usize> {
-        let op = Operation::Move;
-        range::check(op, dst as usize, len)?;
-        range::check(op, src as usize, len)?;
+        range::check(Operation::Move, src as usize, len)?;
         let mut arg = sys::uffdio_move {
             dst: dst as u64,
             src: src as u64,
@@ -483,9 +540,17 @@ impl Uffd {
             mode: mode.bits(),
             move_: 0,
         };
-        // SAFETY: `arg` is a live `uffdio_move`; the caller vouches for both ranges.
-        let ret = unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_MOVE, &mut arg) };
-        outcome(op, ret, arg.move_, len, dst as usize)
+        // SAFETY: a `uffdio_move` for UFFDIO_MOVE into `dst..dst+len`; the caller vouches for
+        // both ranges.
+        unsafe {
+            self.resolve_ioctl(
+                Operation::Move,
+                sys::UFFDIO_MOVE,
+                dst as usize,
+                len,
+                &mut arg,
+            )
+        }
     }
 
     /// The safe form of [`copy`](Self::copy) over an owned region: resolves missing faults in
@@ -655,12 +720,12 @@ mod tests {
 
     #[test]
     fn full_success_is_len() {
-        assert_eq!(outcome(OP, Ok(0), 8192, 8192, 0x1000).unwrap(), 8192);
+        assert_eq!(range_outcome(OP, None, 8192, 8192, 0x1000).unwrap(), 8192);
     }
 
     #[test]
     fn partial_progress_reports_bytes_done() {
-        let e = outcome(OP, Err(Errno::EAGAIN), 4096, 8192, 0x1000).unwrap_err();
+        let e = range_outcome(OP, Some(Errno::EAGAIN), 4096, 8192, 0x1000).unwrap_err();
         assert!(matches!(
             e,
             Error::PartialProgress {
@@ -674,20 +739,28 @@ mod tests {
 
     #[test]
     fn negative_field_is_never_a_byte_count() {
-        let e = outcome(OP, Err(Errno::EAGAIN), -(libc::EAGAIN as i64), 8192, 0).unwrap_err();
+        let e =
+            range_outcome(OP, Some(Errno::EAGAIN), -(libc::EAGAIN as i64), 8192, 0).unwrap_err();
         assert!(matches!(e, Error::MappingChanging { .. }));
         assert_eq!(e.bytes_done(), 0);
     }
 
     #[test]
     fn eexist_without_progress_is_already_mapped() {
-        let e = outcome(OP, Err(Errno::EEXIST), -(libc::EEXIST as i64), 4096, 0x5000).unwrap_err();
+        let e = range_outcome(
+            OP,
+            Some(Errno::EEXIST),
+            -(libc::EEXIST as i64),
+            4096,
+            0x5000,
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::AlreadyMapped { addr: 0x5000, .. }));
     }
 
     #[test]
     fn untouched_field_means_early_rejection() {
-        let e = outcome(OP, Err(Errno::EINVAL), 0, 4096, 0).unwrap_err();
+        let e = range_outcome(OP, Some(Errno::EINVAL), 0, 4096, 0).unwrap_err();
         assert!(matches!(
             e,
             Error::Os {
@@ -699,7 +772,7 @@ mod tests {
 
     #[test]
     fn field_claiming_more_than_len_is_not_partial() {
-        let e = outcome(OP, Err(Errno::EIO), 1 << 40, 4096, 0).unwrap_err();
+        let e = range_outcome(OP, Some(Errno::EIO), 1 << 40, 4096, 0).unwrap_err();
         assert!(matches!(
             e,
             Error::Os {
