@@ -38,6 +38,7 @@ fn device_failure_falls_back(e: &Error) -> bool {
         Error::Os {
             op: Operation::OpenDevice | Operation::IocNew,
             errno,
+            ..
         } => !matches!(errno, Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM),
         _ => false,
     }
@@ -270,6 +271,7 @@ impl UffdBuilder {
                 errno => Error::Os {
                     op: Operation::Syscall,
                     errno,
+                    range: None,
                 },
             });
         }
@@ -289,6 +291,7 @@ impl UffdBuilder {
                 errno => Error::Os {
                     op: Operation::OpenDevice,
                     errno,
+                    range: None,
                 },
             });
         }
@@ -304,6 +307,7 @@ impl UffdBuilder {
             Err(errno) => Err(Error::Os {
                 op: Operation::IocNew,
                 errno,
+                range: None,
             }),
         }
     }
@@ -324,12 +328,14 @@ impl UffdBuilder {
                     _ => Error::Os {
                         op: Operation::Api,
                         errno,
+                        range: None,
                     },
                 }
             }
             errno => Error::Os {
                 op: Operation::Api,
                 errno,
+                range: None,
             },
         }
     }
@@ -381,7 +387,11 @@ mod tests {
 
     #[test]
     fn auto_falls_back_on_device_failures_but_not_exhaustion() {
-        let os = |op, errno| Error::Os { op, errno };
+        let os = |op, errno| Error::Os {
+            op,
+            errno,
+            range: None,
+        };
         for e in [
             Error::DeviceAccess {
                 op: Operation::OpenDevice,

@@ -87,6 +87,34 @@ sysctl vm.unprivileged_userfaultfd=1, grant CAP_SYS_PTRACE, give it read-write a
 /dev/userfaultfd (Linux 6.1+), or ask for user-mode-only faults with \
 UffdBuilder::user_mode_only(true)";
 
+/// An address range an operation was given, as errors report it: `start` and `len` bytes.
+/// Displays as `0xSTART..0xEND`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddrRange {
+    /// First address.
+    pub start: usize,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+impl AddrRange {
+    /// `start..start + len`.
+    pub const fn new(start: usize, len: usize) -> AddrRange {
+        AddrRange { start, len }
+    }
+}
+
+impl fmt::Display for AddrRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:#x}..{:#x}",
+            self.start,
+            self.start.wrapping_add(self.len)
+        )
+    }
+}
+
 /// Errors of this crate.
 ///
 /// Every variant names the [`Operation`] that failed; those that come from the kernel carry its
@@ -121,12 +149,17 @@ UffdBuilder::user_mode_only(true)";
 #[non_exhaustive]
 pub enum Error {
     /// The kernel refused the operation with `errno`.
-    #[error("{op} failed: {errno} ({desc})", desc = errno.desc())]
+    #[error("{op}{on} failed: {errno} ({desc})", desc = errno.desc(),
+            on = range.map_or(String::new(), |r| format!(" on {r}")))]
     Os {
         /// What was called.
         op: Operation,
         /// What the kernel said.
         errno: Errno,
+        /// The addresses the operation was given, for the range operations (register,
+        /// unregister, wake, write-protect, copy, zeropage, continue, poison, move: the
+        /// destination; `PAGEMAP_SCAN`: the scanned range); `None` for the others.
+        range: Option<AddrRange>,
     },
 
     /// `EEXIST` with no progress: a page is already mapped at the start of the range (a
@@ -144,11 +177,14 @@ pub enum Error {
     /// after partial progress as `EAGAIN`, whatever stopped it (a page already present at
     /// `dst + done`, a pending event, a signal): resume at `dst + done`, where the next call
     /// reports the actual cause with nothing done.
-    #[error("{op} did {done} of {len} bytes, then stopped with {errno} ({desc}); resume at dst+{done}",
-            desc = errno.desc())]
+    #[error("{op} on {dst:#x} did {done} of {len} bytes, then stopped with {errno} ({desc}); \
+             resume at {resume:#x}",
+            desc = errno.desc(), resume = dst + done)]
     PartialProgress {
         /// What was called.
         op: Operation,
+        /// The start of the destination range.
+        dst: usize,
         /// Bytes completed from the start of the range (always `> 0` and `< len`).
         done: usize,
         /// Bytes requested.
@@ -292,10 +328,11 @@ pub enum Error {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Os { op, errno } => f
+            Error::Os { op, errno, range } => f
                 .debug_struct("Os")
                 .field("op", op)
                 .field("errno", errno)
+                .field("range", range)
                 .finish(),
             Error::AlreadyMapped { op, addr } => f
                 .debug_struct("AlreadyMapped")
@@ -304,12 +341,14 @@ impl fmt::Debug for Error {
                 .finish(),
             Error::PartialProgress {
                 op,
+                dst,
                 done,
                 len,
                 errno,
             } => f
                 .debug_struct("PartialProgress")
                 .field("op", op)
+                .field("dst", dst)
                 .field("done", done)
                 .field("len", len)
                 .field("errno", errno)
@@ -432,6 +471,7 @@ impl Error {
         Error::Os {
             op,
             errno: Errno::last(),
+            range: None,
         }
     }
 }
@@ -457,6 +497,7 @@ mod tests {
         let e = Error::Os {
             op: Operation::Copy,
             errno: Errno::ENOENT,
+            range: None,
         };
         let s = e.to_string();
         assert!(s.contains("UFFDIO_COPY") && s.contains("ENOENT"), "{s}");
@@ -467,13 +508,29 @@ mod tests {
         assert!(s.contains("unprivileged_userfaultfd") && s.contains("user_mode_only"));
         let p = Error::PartialProgress {
             op: Operation::Move,
+            dst: 0x7000_0000,
             done: 4096,
             len: 8192,
             errno: Errno::EAGAIN,
         };
         assert_eq!(p.bytes_done(), 4096);
         assert_eq!(p.errno(), Some(Errno::EAGAIN));
-        assert!(p.to_string().contains("UFFDIO_MOVE did 4096 of 8192"));
+        let s = p.to_string();
+        assert!(
+            s.contains("UFFDIO_MOVE on 0x70000000 did 4096 of 8192") && s.contains("0x70001000"),
+            "{s}"
+        );
+        // A range operation's failure names its range.
+        let s = Error::Os {
+            op: Operation::Register,
+            errno: Errno::EINVAL,
+            range: Some(AddrRange::new(0x10000, 0x2000)),
+        }
+        .to_string();
+        assert!(
+            s.starts_with("UFFDIO_REGISTER on 0x10000..0x12000 failed: EINVAL"),
+            "{s}"
+        );
     }
 
     #[test]
@@ -492,11 +549,14 @@ mod tests {
             "{:?}",
             Error::Os {
                 op: Operation::Copy,
-                errno: Errno::ENOENT
+                errno: Errno::ENOENT,
+                range: None,
             }
         );
         assert!(
-            d.starts_with("Os { op: Copy, errno: ENOENT }: UFFDIO_COPY failed: ENOENT"),
+            d.starts_with(
+                "Os { op: Copy, errno: ENOENT, range: None }: UFFDIO_COPY failed: ENOENT"
+            ),
             "{d}"
         );
         assert_eq!(

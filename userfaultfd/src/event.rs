@@ -523,6 +523,7 @@ impl Uffd {
             Err(errno) => Err(Error::Os {
                 op: Operation::Read,
                 errno,
+                range: None,
             }),
             Ok(0) => Err(Error::ReadEof),
             Ok(n) if n % MSG_SIZE != 0 => Err(Error::IncompleteMsg {

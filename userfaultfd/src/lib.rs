@@ -118,7 +118,7 @@ pub mod serve;
 mod uffd;
 
 pub use builder::{CreationMethod, UffdBuilder};
-pub use error::{Error, Operation, Result};
+pub use error::{AddrRange, Error, Operation, Result};
 pub use event::{Event, EventBuffer, Events, FaultKind, Message, ReadWrite};
 pub use flags::{
     ContinueMode, CopyMode, FeatureFlags, IoctlFlags, MoveMode, PoisonMode, RegisterMode,

@@ -38,7 +38,7 @@ use mmap::MappedRegion;
 use nix::errno::Errno;
 use userfaultfd_sys as sys;
 
-use crate::error::{Error, Operation, Result};
+use crate::error::{AddrRange, Error, Operation, Result};
 use crate::register::region_range;
 use crate::{
     range, raw, ContinueMode, CopyMode, MoveMode, PoisonMode, Uffd, WriteProtectMode, ZeropageMode,
@@ -73,13 +73,18 @@ pub fn range_outcome(
         None => Ok(len),
         Some(errno) if field > 0 && (field as u64) < len as u64 => Err(Error::PartialProgress {
             op,
+            dst,
             done: field as usize,
             len,
             errno,
         }),
         Some(Errno::EEXIST) => Err(Error::AlreadyMapped { op, addr: dst }),
         Some(Errno::EAGAIN) => Err(Error::MappingChanging { op }),
-        Some(errno) => Err(Error::Os { op, errno }),
+        Some(errno) => Err(Error::Os {
+            op,
+            errno,
+            range: Some(AddrRange::new(dst, len)),
+        }),
     }
 }
 
@@ -707,7 +712,11 @@ impl Uffd {
         match unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_WRITEPROTECT, &mut arg) } {
             Ok(_) => Ok(()),
             Err(Errno::EAGAIN) => Err(Error::MappingChanging { op }),
-            Err(errno) => Err(Error::Os { op, errno }),
+            Err(errno) => Err(Error::Os {
+                op,
+                errno,
+                range: Some(AddrRange::new(start as usize, len)),
+            }),
         }
     }
 }

@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use bitflags::bitflags;
 use userfaultfd_sys as sys;
 
-use crate::error::{Error, Operation, Result};
+use crate::error::{AddrRange, Error, Operation, Result};
 use crate::raw;
 
 bitflags! {
@@ -234,6 +234,7 @@ impl PageMap {
             Err(errno) => Err(Error::Os {
                 op: Operation::PagemapScan,
                 errno,
+                range: Some(AddrRange::new(req.start, req.end.saturating_sub(req.start))),
             }),
         }
     }

@@ -8,7 +8,7 @@ use mmap::MappedRegion;
 use nix::errno::Errno;
 use userfaultfd_sys as sys;
 
-use crate::error::{Error, Operation, Result};
+use crate::error::{AddrRange, Error, Operation, Result};
 use crate::{range, raw, IoctlFlags, RegisterMode, Uffd};
 
 impl Uffd {
@@ -157,8 +157,13 @@ impl Uffd {
         // SAFETY: `arg` is a live `uffdio_register` that UFFDIO_REGISTER reads and writes.
         // Registering changes how faults in the range are handled, not memory contents; the
         // callers rule out the SIGBUS case (see above).
-        unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_REGISTER, &mut arg) }
-            .map_err(|errno| Error::Os { op, errno })?;
+        unsafe { raw::ioctl(self.as_fd(), sys::UFFDIO_REGISTER, &mut arg) }.map_err(|errno| {
+            Error::Os {
+                op,
+                errno,
+                range: Some(AddrRange::new(start as usize, len)),
+            }
+        })?;
         let ioctls = IoctlFlags::from_bits_retain(arg.ioctls);
         let missing = self.info().required_range_ioctls - ioctls;
         if !missing.is_empty() {
@@ -285,7 +290,11 @@ impl Uffd {
         match unsafe { raw::ioctl(self.as_fd(), req, &mut arg) } {
             Ok(_) => Ok(()),
             Err(Errno::EAGAIN) => Err(Error::MappingChanging { op }),
-            Err(errno) => Err(Error::Os { op, errno }),
+            Err(errno) => Err(Error::Os {
+                op,
+                errno,
+                range: Some(AddrRange::new(start as usize, len)),
+            }),
         }
     }
 }

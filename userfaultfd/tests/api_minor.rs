@@ -66,7 +66,8 @@ fn continue_of_page_not_in_page_cache_is_efault() {
             e,
             Error::Os {
                 op: Operation::Continue,
-                errno: Errno::EFAULT
+                errno: Errno::EFAULT,
+                ..
             }
         ),
         "{e:?}"
@@ -86,7 +87,8 @@ fn minor_on_anonymous_memory_is_einval() {
             e,
             Error::Os {
                 op: Operation::Register,
-                errno: Errno::EINVAL
+                errno: Errno::EINVAL,
+                ..
             }
         ),
         "{e:?}"

@@ -111,7 +111,8 @@ fn hugetlb_fault_copy_and_zeropage_einval() {
             e,
             Error::Os {
                 op: Operation::Zeropage,
-                errno: Errno::EINVAL
+                errno: Errno::EINVAL,
+                ..
             }
         ),
         "{e:?}"
@@ -125,7 +126,8 @@ fn hugetlb_fault_copy_and_zeropage_einval() {
             e,
             Error::Os {
                 op: Operation::Copy,
-                errno: Errno::EINVAL
+                errno: Errno::EINVAL,
+                ..
             }
         ),
         "{e:?}"
@@ -191,10 +193,12 @@ fn partial_copy_reports_bytes_done() {
     match e {
         Error::PartialProgress {
             op: Operation::Copy,
+            dst,
             done,
             len,
             errno,
         } => {
+            assert_eq!(dst, mem.ptr() as usize, "the error names the destination");
             assert_eq!((done, len), (ps, 2 * ps));
             assert_eq!(errno, Errno::EAGAIN);
         }
@@ -219,11 +223,19 @@ fn copy_to_unregistered_range_is_enoent() {
             e,
             Error::Os {
                 op: Operation::Copy,
-                errno: Errno::ENOENT
+                errno: Errno::ENOENT,
+                ..
             }
         ),
         "{e:?}"
     );
+    // The error names the range, in its value and in its message.
+    let want = userfaultfd::AddrRange::new(mem.at(2 * ps) as usize, ps);
+    assert!(
+        matches!(e, Error::Os { range: Some(r), .. } if r == want),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains(&format!(" on {want} ")), "{e}");
     // Crossing the end of the registered VMA.
     // SAFETY: as above.
     let e = unsafe { uffd.copy(src.as_ptr().cast(), mem.ptr(), 2 * ps, true) }.unwrap_err();
@@ -232,7 +244,8 @@ fn copy_to_unregistered_range_is_enoent() {
             e,
             Error::Os {
                 op: Operation::Copy,
-                errno: Errno::ENOENT
+                errno: Errno::ENOENT,
+                ..
             }
         ),
         "{e:?}"
@@ -244,7 +257,8 @@ fn copy_to_unregistered_range_is_enoent() {
             e,
             Error::Os {
                 op: Operation::Zeropage,
-                errno: Errno::ENOENT
+                errno: Errno::ENOENT,
+                ..
             }
         ),
         "{e:?}"
@@ -313,7 +327,8 @@ fn misaligned_and_zero_length_are_invalid_arguments() {
             e,
             Error::Os {
                 op: Operation::Register,
-                errno: Errno::EINVAL
+                errno: Errno::EINVAL,
+                ..
             }
         ),
         "{e:?}"
@@ -456,7 +471,8 @@ fn register_range_owned_by_another_uffd_is_ebusy() {
             e,
             Error::Os {
                 op: Operation::Register,
-                errno: Errno::EBUSY
+                errno: Errno::EBUSY,
+                ..
             }
         ),
         "{e:?}"
@@ -468,7 +484,8 @@ fn register_range_owned_by_another_uffd_is_ebusy() {
             e,
             Error::Os {
                 op: Operation::Unregister,
-                errno: Errno::EINVAL
+                errno: Errno::EINVAL,
+                ..
             }
         ),
         "{e:?}"

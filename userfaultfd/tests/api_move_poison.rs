@@ -60,6 +60,7 @@ fn partial_move_with_src_hole() {
             done,
             len,
             errno,
+            ..
         } => assert_eq!((done, len, errno), (ps, 3 * ps, Errno::EAGAIN)),
         other => panic!("expected PartialProgress, got {other:?}"),
     }
@@ -72,7 +73,8 @@ fn partial_move_with_src_hole() {
             e,
             Error::Os {
                 op: Operation::Move,
-                errno: Errno::ENOENT
+                errno: Errno::ENOENT,
+                ..
             }
         ),
         "{e:?}"

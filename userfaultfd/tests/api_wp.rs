@@ -98,7 +98,8 @@ fn copy_wp_into_range_not_registered_wp_is_einval() {
             e,
             Error::Os {
                 op: Operation::Copy,
-                errno: Errno::EINVAL
+                errno: Errno::EINVAL,
+                ..
             }
         ),
         "{e:?}"
@@ -119,7 +120,8 @@ fn writeprotect_on_range_not_registered_wp_is_enoent() {
             e,
             Error::Os {
                 op: Operation::WriteProtect,
-                errno: Errno::ENOENT
+                errno: Errno::ENOENT,
+                ..
             }
         ),
         "{e:?}"
@@ -132,7 +134,8 @@ fn writeprotect_on_range_not_registered_wp_is_enoent() {
             e,
             Error::Os {
                 op: Operation::WriteProtect,
-                errno: Errno::ENOENT
+                errno: Errno::ENOENT,
+                ..
             }
         ),
         "{e:?}"

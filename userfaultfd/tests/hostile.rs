@@ -158,7 +158,9 @@ fn new_uffd(non_blocking: bool) -> Uffd {
 #[track_caller]
 fn assert_os<T: std::fmt::Debug>(r: userfaultfd::Result<T>, op: Operation, errno: Errno) {
     match r {
-        Err(Error::Os { op: o, errno: e }) if o == op && e == errno => {}
+        Err(Error::Os {
+            op: o, errno: e, ..
+        }) if o == op && e == errno => {}
         other => panic!("expected Error::Os {{ op: {op:?}, errno: {errno:?} }}, got {other:?}"),
     }
 }
@@ -471,6 +473,7 @@ fn copy_from_an_unmapped_source() {
                 done,
                 len,
                 errno,
+                ..
             }) => {
                 assert_eq!((done, len), (ps, 2 * ps));
                 // The kernel reports the stop as EAGAIN with the byte count (§1.6).

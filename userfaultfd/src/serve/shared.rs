@@ -585,6 +585,7 @@ impl Shared {
                         Err(e) => {
                             return Err(Error::PartialProgress {
                                 op: crate::Operation::Copy,
+                                dst: dst as usize,
                                 done: done + e.bytes_done(),
                                 len,
                                 errno: e.errno().unwrap_or(Errno::EAGAIN),

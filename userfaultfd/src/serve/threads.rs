@@ -67,6 +67,7 @@ pub(super) fn handler_loop(s: &Shared, ready: &dyn Fn()) {
             s.report(&ServeError::Uffd(Error::Os {
                 op: crate::Operation::Read,
                 errno: Errno::last(),
+                range: None,
             }));
             s.halt("poll(2) on the userfaultfd failed".into(), true);
             return;
