@@ -130,6 +130,9 @@ fn minor_shmem_bad_argument() {
 
 #[test]
 fn fork_events_default() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::CapSysPtrace) {
+        return;
+    }
     assert_runs(
         env!("CARGO_BIN_EXE_fork-events"),
         &[],
@@ -158,7 +161,9 @@ fn fork_events_unprivileged_says_cap_sys_ptrace_first() {
     // SAFETY: geteuid has no arguments and cannot fail.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 || !std::path::Path::new(setpriv).exists() {
-        eprintln!("skipped: needs root and {setpriv} to run fork-events as nobody");
+        test_kit::report::skip(format!(
+            "needs root and {setpriv} (util-linux) to run fork-events as nobody: run as root"
+        ));
         return;
     }
     let out = run(
@@ -282,6 +287,9 @@ fn uffd_probe_bad_argument() {
 
 #[test]
 fn uffd_stress_small_reports_progress() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let pages = (1 << 20) / userfaultfd::page_size();
     let first = format!("running [1/2] Anon wp=false: {pages} pages x 2 bounces");
     let out = assert_runs(

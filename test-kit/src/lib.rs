@@ -4,5 +4,8 @@
 //! and the fix) or that it checked the typed "this kernel lacks X" error instead (asserted
 //! unsupported): both are printed past the test harness's output capture and recorded, so that
 //! `cargo xtask test` and `cargo xtask vm-test` end with their counts and reasons.
+//! [`privilege`] checks what a test needs (a userfaultfd for kernel-mode faults, `CAP_SYS_PTRACE`,
+//! root) and skips through [`report`] when it is missing.
 
+pub mod privilege;
 pub mod report;

@@ -205,6 +205,9 @@ const SENTINEL: i64 = 0x5a5a;
 
 #[test]
 fn unknown_commands_get_einval() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     // Why EINVAL alone would not prove a number is accepted.
     let fd = ready_uffd();
     let unknown = ioctl::IoctlEncoding::NATIVE.ioc(
@@ -226,6 +229,9 @@ fn unknown_commands_get_einval() {
 
 #[test]
 fn api() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = raw_uffd();
     let handshake = |api: u64, features: u64| {
         let mut arg = uffdio_api {
@@ -275,6 +281,9 @@ fn api() {
 
 #[test]
 fn register_and_unregister() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let map = Mapping::new(4);
     let page = page_size();
@@ -328,6 +337,9 @@ fn register_and_unregister() {
 
 #[test]
 fn wake() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let map = Mapping::new(2);
     let wake = |start: u64, len: u64| {
@@ -349,6 +361,9 @@ fn wake() {
 
 #[test]
 fn copy() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let src = Mapping::new(1);
     src.touch(0, 0x77);
@@ -408,6 +423,9 @@ fn copy() {
 
 #[test]
 fn zeropage() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let unregistered = Mapping::new(1);
     let dst = Mapping::new(1);
@@ -443,6 +461,9 @@ fn zeropage() {
 
 #[test]
 fn move_() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let src = Mapping::new(2);
     src.touch(0, 0x42); // page 1 stays a hole
@@ -493,6 +514,9 @@ fn move_() {
 
 #[test]
 fn writeprotect() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let unregistered = Mapping::new(1);
     unregistered.touch(0, 1);
@@ -522,6 +546,9 @@ fn writeprotect() {
 
 #[test]
 fn continue_() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let unregistered = Mapping::new(1);
     let cont = |range: uffdio_range, mode: u64| {
@@ -554,6 +581,9 @@ fn continue_() {
 
 #[test]
 fn poison() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let unregistered = Mapping::new(1);
     let dst = Mapping::new(1);
@@ -589,6 +619,11 @@ fn poison() {
 
 #[test]
 fn userfaultfd_ioc_new() {
+    if std::path::Path::new("/dev/userfaultfd").exists()
+        && !test_kit::privilege::require(test_kit::privilege::Need::Device)
+    {
+        return;
+    }
     let dev = match File::options()
         .read(true)
         .write(true)

@@ -135,8 +135,10 @@ fn fault_hot_path_does_not_allocate() {
         .create()
     {
         Ok(u) => u,
-        Err(Error::Unsupported { .. }) => {
-            eprintln!("skipped: no userfaultfd");
+        Err(e @ Error::Unsupported { .. }) => {
+            test_kit::report::skip(format!(
+                "no userfaultfd in this kernel: {e} (CONFIG_USERFAULTFD)"
+            ));
             return;
         }
         Err(e) => panic!("create: {e}"),

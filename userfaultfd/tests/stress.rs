@@ -31,6 +31,9 @@ fn config(kind: MemKind, wp: bool) -> Config {
 static HUGETLB: Mutex<()> = Mutex::new(());
 
 fn stress(kind: MemKind, wp: bool) {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let cfg = config(kind, wp);
     let _turn =
         (kind == MemKind::Hugetlb).then(|| HUGETLB.lock().unwrap_or_else(|p| p.into_inner()));
@@ -44,7 +47,7 @@ fn stress(kind: MemKind, wp: bool) {
                 assert!(r.wp_faults > 0, "no write-protect fault: {r:?}");
             }
         }
-        Ok(Outcome::Skipped(why)) => println!("SKIPPED {kind:?} wp={wp}: {why}"),
+        Ok(Outcome::Skipped(why)) => test_kit::report::skip(format!("{kind:?} wp={wp}: {why}")),
         Err(e) => panic!("{kind:?} wp={wp}: {e}"),
     }
 }
