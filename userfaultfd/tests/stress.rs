@@ -1,16 +1,13 @@
 //! Stress in the style of the kernel's `uffd-stress`: concurrent locking, fault-handling and
 //! background-copy threads over anonymous, shmem (memfd `MAP_SHARED`) and hugetlb memory, with
 //! and without write-protect; every page counter must equal its shadow copy at the end. The
-//! engine is `stress_common/mod.rs`, shared with the long-running `uffd-stress` command
+//! engine is `test_kit::stress`, shared with the long-running `uffd-stress` command
 //! (`cargo run --release -p examples --bin uffd-stress -- --bounces N --mib M`).
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-#[allow(dead_code)]
-mod stress_common;
-
-use stress_common::{run_bounded, Config, MemKind, Outcome};
+use test_kit::stress::{run_bounded, Config, MemKind, Outcome};
 
 /// Sizes small enough for a debug build on 2 CPUs; the command does the long runs.
 fn config(kind: MemKind, wp: bool) -> Config {
