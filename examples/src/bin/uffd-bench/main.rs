@@ -14,20 +14,18 @@
 //! with status 1.
 //!
 //! Output, one line per scenario:
-//! `scenario=NAME pages=N faults=F ns_per_fault=X gbps=Y verify=ok`, where `faults` is the
-//! number of fault messages the handler received, `ns_per_fault` the timed span divided by the
-//! pages made present (one first touch each; for `prefetch` one message serves 16 pages, for
-//! `ioctl-copy` there are no faults and it is per ioctl, for `wp-async` it is per dirty page)
-//! and `gbps` the bytes made present per nanosecond. `--json` prints each line as a JSON
+//! `scenario=NAME pages=N faults=F ns_per_fault=X ns_per_page=P gbps=Y verify=ok`, where `faults`
+//! is the number of fault messages the handler received, `ns_per_fault` the timed span divided
+//! by those faults (`-`, or `null` in JSON, when there were none, as for `ioctl-copy`),
+//! `ns_per_page` the timed span divided by the pages made present (for `prefetch` one fault
+//! serves 16 pages, for `ioctl-copy` it is per ioctl, for `wp-async` per dirty page) and `gbps`
+//! the bytes made present per nanosecond. `--json` prints each line as a JSON
 //! object instead. `-c ROUNDS` also builds `examples/bench-c/uffd-copy.c` with `cc -O2` and
 //! runs it and the `copy` scenario alternately ROUNDS times, reporting the median of each and
 //! their ratio.
 
-#[path = "uffd-bench/handler.rs"]
 mod handler;
-#[path = "uffd-bench/mem.rs"]
 mod mem;
-#[path = "uffd-bench/poison.rs"]
 mod poison;
 
 use std::process::{Command, ExitCode};
@@ -40,21 +38,11 @@ use userfaultfd::{
     Error, FeatureFlags, PageMap, PageRegion, RegisterMode, ScanRequest, Uffd, UffdBuilder,
 };
 
+use clap::{Parser, ValueEnum};
+use test_kit::args::{self, number_in};
+
 use handler::{copy_span, serve, touch, Style};
 use mem::{low_byte, pattern, pin, warm, Map, Memfd, PAGE};
-
-const USAGE: &str = "\
-usage: uffd-bench [-n PAGES] [--json] [-a read|write] [-p none|same|split] [-s] [-c ROUNDS]
-                  [SCENARIO... | all]
-  -n PAGES   pages per scenario (default 32768 = 128 MiB)
-  --json     print each result as a JSON object
-  -a MODE    touch pages by read (default) or write (wp always writes)
-  -p PIN     none (default): no pinning; same: handler and faulting threads on CPU 0;
-             split: handler on CPU 0, faulting threads on CPU 1
-  -s         the handler busy-polls read() instead of sleeping in poll()
-  -c ROUNDS  also compare `copy` with the C program examples/bench-c/uffd-copy.c
-scenarios: touch touch-shmem copy copy-batch zeropage copy-2t prefetch wp minor move poison
-           ioctl-copy wp-async (default: all)";
 
 const SCENARIOS: [&str; 13] = [
     "touch",
@@ -76,11 +64,65 @@ const DEFAULT_PAGES: usize = 32768;
 const PREFETCH: usize = 16 * PAGE;
 const BATCH: usize = 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where the handler and faulting threads run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Pin {
+    /// No pinning.
     None,
+    /// Handler and faulting threads on CPU 0.
     Same,
+    /// Handler on CPU 0, faulting threads on CPU 1.
     Split,
+}
+
+/// How the faulting threads touch the pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Access {
+    /// Read (the default).
+    Read,
+    /// Write (`wp` always writes).
+    Write,
+}
+
+/// What a page fault costs per userfaultfd resolution method, against the kernel's own demand
+/// fault. Every resolved byte is verified.
+#[derive(Parser, Debug)]
+#[command(name = "uffd-bench", allow_negative_numbers = true)]
+struct Cli {
+    /// Pages per scenario (32768 = 128 MiB).
+    #[arg(short = 'n', value_name = "PAGES", default_value_t = DEFAULT_PAGES,
+          value_parser = number_in(16usize, 1 << 22))]
+    pages: usize,
+    /// Print each result as a JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Touch pages by read or write.
+    #[arg(short = 'a', value_name = "MODE", value_enum, default_value_t = Access::Read)]
+    access: Access,
+    /// Pin the threads.
+    #[arg(short = 'p', value_name = "PIN", value_enum, default_value_t = Pin::None)]
+    pin: Pin,
+    /// The handler busy-polls read() instead of sleeping in poll().
+    #[arg(short = 's')]
+    spin: bool,
+    /// Also compare `copy` with the C program examples/bench-c/uffd-copy.c, ROUNDS times.
+    #[arg(short = 'c', value_name = "ROUNDS", value_parser = number_in(1usize, 1001))]
+    compare: Option<usize>,
+    /// Scenarios to run (default: all, unless -c is given).
+    #[arg(value_name = "SCENARIO", value_parser = scenario)]
+    scenarios: Vec<Vec<&'static str>>,
+}
+
+/// A scenario name, or `all`.
+fn scenario(s: &str) -> Result<Vec<&'static str>, String> {
+    if s == "all" {
+        return Ok(SCENARIOS.to_vec());
+    }
+    SCENARIOS
+        .iter()
+        .find(|&&n| n == s)
+        .map(|&n| vec![n])
+        .ok_or_else(|| format!("expected all or one of {}", SCENARIOS.join(", ")))
 }
 
 /// The command line.
@@ -102,23 +144,33 @@ struct Outcome {
     faults: usize,
     /// Timed nanoseconds.
     ns: u128,
-    /// Pages the timed span made present (the divisor of `ns_per_fault`).
+    /// Pages the timed span made present (the divisor of `ns_per_page`).
     units: usize,
     extra: Vec<(&'static str, String)>,
 }
 
 impl Outcome {
-    fn ns_per_fault(&self) -> f64 {
+    /// The timed span per fault message, `None` when nothing faulted.
+    fn ns_per_fault(&self) -> Option<f64> {
+        (self.faults > 0).then(|| self.ns as f64 / self.faults as f64)
+    }
+
+    /// The timed span per page made present.
+    fn ns_per_page(&self) -> f64 {
         self.ns as f64 / self.units.max(1) as f64
     }
 
     fn print(&self, json: bool) {
-        let ns = self.ns_per_fault();
+        let per_page = self.ns_per_page();
         let gbps = (self.units * PAGE) as f64 / self.ns.max(1) as f64;
+        let per_fault = |none: &str| {
+            self.ns_per_fault()
+                .map_or_else(|| none.to_string(), |ns| format!("{ns:.1}"))
+        };
         if json {
             let mut s = format!(
-                "{{\"scenario\":\"{}\",\"pages\":{},\"faults\":{},\"ns_per_fault\":{ns:.1},\"gbps\":{gbps:.3},\"verify\":\"ok\"",
-                self.name, self.pages, self.faults
+                "{{\"scenario\":\"{}\",\"pages\":{},\"faults\":{},\"ns_per_fault\":{},\"ns_per_page\":{per_page:.1},\"gbps\":{gbps:.3},\"verify\":\"ok\"",
+                self.name, self.pages, self.faults, per_fault("null")
             );
             for (k, v) in &self.extra {
                 s.push_str(&format!(",\"{k}\":{v}"));
@@ -126,8 +178,12 @@ impl Outcome {
             println!("{s}}}");
         } else {
             let mut s = format!(
-                "scenario={} pages={} faults={} ns_per_fault={ns:.1} gbps={gbps:.3} verify=ok",
-                self.name, self.pages, self.faults
+                "scenario={} pages={} faults={} ns_per_fault={} ns_per_page={per_page:.1} \
+                 gbps={gbps:.3} verify=ok",
+                self.name,
+                self.pages,
+                self.faults,
+                per_fault("-")
             );
             for (k, v) in &self.extra {
                 s.push_str(&format!(" {k}={v}"));
@@ -137,86 +193,20 @@ impl Outcome {
     }
 }
 
-fn usage_error(msg: &str) -> ExitCode {
-    eprintln!("uffd-bench: {msg}\n{USAGE}");
-    ExitCode::from(2)
-}
-
-fn parse(args: &[String]) -> Result<Config, String> {
-    let mut c = Config {
-        pages: DEFAULT_PAGES,
-        json: false,
-        write: false,
-        pin: Pin::None,
-        spin: false,
-        compare_rounds: 0,
-        scenarios: Vec::new(),
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |flag: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
-        match a.as_str() {
-            "-n" => {
-                let v = value("-n")?;
-                c.pages = v
-                    .parse()
-                    .ok()
-                    .filter(|n: &usize| (16..=(1 << 22)).contains(n))
-                    .ok_or_else(|| format!("-n {v}: expected a page count from 16 to 4194304"))?;
-            }
-            "--json" => c.json = true,
-            "-a" => {
-                c.write = match value("-a")?.as_str() {
-                    "read" => false,
-                    "write" => true,
-                    v => return Err(format!("-a {v}: expected read or write")),
-                }
-            }
-            "-p" => {
-                c.pin = match value("-p")?.as_str() {
-                    "none" => Pin::None,
-                    "same" => Pin::Same,
-                    "split" => Pin::Split,
-                    v => return Err(format!("-p {v}: expected none, same or split")),
-                }
-            }
-            "-s" => c.spin = true,
-            "-c" => {
-                let v = value("-c")?;
-                c.compare_rounds = v
-                    .parse()
-                    .ok()
-                    .filter(|&n: &usize| (1..=1001).contains(&n))
-                    .ok_or_else(|| format!("-c {v}: expected 1 to 1001 rounds"))?;
-            }
-            "-h" | "--help" => return Err(String::new()),
-            "all" => c.scenarios.extend(SCENARIOS),
-            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
-            s => match SCENARIOS.iter().find(|&&n| n == s) {
-                Some(&n) => c.scenarios.push(n),
-                None => return Err(format!("unknown scenario {s}")),
-            },
-        }
-    }
-    if c.scenarios.is_empty() && c.compare_rounds == 0 {
-        c.scenarios.extend(SCENARIOS);
-    }
-    Ok(c)
-}
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let cfg = match parse(&args) {
-        Ok(c) => c,
-        Err(msg) if msg.is_empty() => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(msg) => return usage_error(&msg),
+    let cli: Cli = args::parse();
+    let mut scenarios: Vec<&'static str> = cli.scenarios.concat();
+    if scenarios.is_empty() && cli.compare.is_none() {
+        scenarios.extend(SCENARIOS);
+    }
+    let cfg = Config {
+        pages: cli.pages,
+        json: cli.json,
+        write: cli.access == Access::Write,
+        pin: cli.pin,
+        spin: cli.spin,
+        compare_rounds: cli.compare.unwrap_or(0),
+        scenarios,
     };
     let mut failed = false;
     for &name in &cfg.scenarios {
