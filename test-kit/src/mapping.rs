@@ -118,6 +118,11 @@ impl Map {
         self.len
     }
 
+    /// Whether the mapping is empty (never: `mmap(2)` refuses a length of 0).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Volatile read of byte `off` (may fault into a userfaultfd).
     pub fn read(&self, off: usize) -> u8 {
         assert!(off < self.len);
