@@ -1,6 +1,6 @@
 //! Command lines of the example programs: one parser (clap's derive) and one style for every
 //! binary. `--help` prints the help to stdout with status 0; any bad argument prints the error
-//! and the usage line to stderr with status [`EXIT_USAGE`](crate::exit::EXIT_USAGE).
+//! and the usage line to stderr with status [`EXIT_USAGE`].
 //!
 //! Numbers go through [`number`] and [`number_in`], which say what was expected (a negative
 //! count is "not a whole number of at least 1", not clap's "invalid digit found in string").

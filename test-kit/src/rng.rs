@@ -1,6 +1,6 @@
 //! A small deterministic random number generator, and its mixing step.
 
-/// `splitmix64`: a 64-bit mixing function; the step of [`Rng`] and of [`fill_page`].
+/// `splitmix64`: a 64-bit mixing function; the step of [`Rng`] and of [`fill_page`](crate::pattern::fill_page).
 pub fn mix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
