@@ -11,6 +11,8 @@ use libc::c_void;
 pub struct Map {
     ptr: *mut u8,
     len: usize,
+    /// Address of the guard page [`Map::truncate_with_guard`] left, or 0.
+    guard: usize,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; it is only accessed through raw
@@ -37,7 +39,11 @@ impl Map {
         if p == libc::MAP_FAILED {
             Err(io::Error::last_os_error())
         } else {
-            Ok(Map { ptr: p.cast(), len })
+            Ok(Map {
+                ptr: p.cast(),
+                len,
+                guard: 0,
+            })
         }
     }
 
@@ -69,7 +75,11 @@ impl Map {
             )
         };
         assert_ne!(p, libc::MAP_FAILED);
-        Map { ptr: p.cast(), len }
+        Map {
+            ptr: p.cast(),
+            len,
+            guard: 0,
+        }
     }
 
     /// `MAP_SHARED` of `fd` (shmem).
@@ -178,6 +188,39 @@ impl Map {
         no_huge_pages(self.ptr, self.len)
     }
 
+    /// Writes `byte(i)` into the first byte of every page `i` (volatile writes).
+    pub fn fill_pages(&self, byte: impl Fn(usize) -> u8) {
+        for i in 0..self.len / crate::page_size() {
+            self.write(i * crate::page_size(), byte(i));
+        }
+    }
+
+    /// The first byte of page `i` (a volatile read).
+    pub fn page_byte(&self, i: usize) -> u8 {
+        self.read(i * crate::page_size())
+    }
+
+    /// Keeps the first `pages` pages and unmaps the ones after them except the last, which stays
+    /// mapped as a guard until drop. The hole is enclosed: another thread's new mapping (the
+    /// test harness's thread stacks, malloc's arenas) can be placed in it only if it is no
+    /// larger than the hole, instead of reusing it whatever its size, as it could an open gap
+    /// at the low end of the mmap area.
+    pub fn truncate_with_guard(&mut self, pages: usize) {
+        let ps = crate::page_size();
+        let keep = pages * ps;
+        assert!(
+            self.guard == 0 && keep + ps < self.len,
+            "truncate_with_guard needs a page for the guard"
+        );
+        let guard = self.addr() + self.len - ps;
+        // SAFETY: the pages between `keep` and the guard belong to this mapping and nothing
+        // refers to them.
+        let r = unsafe { libc::munmap(self.at(keep), guard - self.addr() - keep) };
+        assert_eq!(r, 0, "munmap: {}", io::Error::last_os_error());
+        self.len = keep;
+        self.guard = guard;
+    }
+
     /// Gives up ownership without unmapping (the test unmapped or moved it itself).
     pub fn forget(self) {
         std::mem::forget(self);
@@ -186,8 +229,14 @@ impl Map {
 
 impl Drop for Map {
     fn drop(&mut self) {
-        // SAFETY: we own this mapping.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        if self.len > 0 {
+            // SAFETY: we own this mapping.
+            unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        }
+        if self.guard != 0 {
+            // SAFETY: the guard page is the last page of the original mapping, ours until now.
+            unsafe { libc::munmap(self.guard as *mut c_void, crate::page_size()) };
+        }
     }
 }
 
@@ -227,11 +276,38 @@ mod tests {
         assert!(m.resident(ps));
         assert_eq!(m.page(1), m.at(ps));
         m.no_huge_pages().unwrap();
+        m.fill_pages(|i| i as u8 + 1);
+        assert_eq!((m.page_byte(0), m.page_byte(1)), (1, 2));
         assert_eq!(
             Map::try_new(ps, libc::MAP_SHARED, -1)
                 .unwrap_err()
                 .raw_os_error(),
             Some(libc::EBADF)
         );
+    }
+
+    #[test]
+    fn truncation_leaves_an_enclosed_hole() {
+        let ps = crate::page_size();
+        let mut m = Map::anon(4 * ps);
+        m.truncate_with_guard(1);
+        assert_eq!(m.len(), ps);
+        let mut v = 0u8;
+        // SAFETY: mincore only reads the page tables of the range; `v` receives one byte.
+        let hole = unsafe { libc::mincore(m.at(ps), ps, &mut v) };
+        assert_eq!(hole, -1, "the truncated pages are unmapped");
+        assert_eq!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOMEM)
+        );
+        // SAFETY: as above, for the guard page, which stays mapped.
+        let guard = unsafe {
+            libc::mincore(
+                m.at(ps).cast::<u8>().wrapping_add(2 * ps).cast(),
+                ps,
+                &mut v,
+            )
+        };
+        assert_eq!(guard, 0, "the guard page stays mapped");
     }
 }

@@ -42,7 +42,7 @@ use clap::{Parser, ValueEnum};
 use test_kit::args::{self, number_in};
 
 use handler::{copy_span, serve, touch, Style};
-use mem::{low_byte, pattern, pin, warm, Map, Memfd, PAGE};
+use mem::{anon, low_byte, pattern, pin, shared, warm, Memfd, Pattern, PAGE};
 
 const SCENARIOS: [&str; 13] = [
     "touch",
@@ -351,7 +351,7 @@ fn outcome(name: &'static str, cfg: &Config, faults: usize, ns: u128) -> Outcome
 
 fn touch_anon(cfg: &Config) -> Result<Outcome, String> {
     let n = cfg.pages;
-    let dst = Map::anon(n * PAGE)?;
+    let dst = anon(n * PAGE)?;
     let (_, ns) = fault_in::<fn() -> _>(cfg, dst.addr(), n, 1, cfg.write, |_| 0, None);
     dst.verify(n, |_, _| 0)?;
     Ok(outcome("touch", cfg, n, ns))
@@ -360,8 +360,8 @@ fn touch_anon(cfg: &Config) -> Result<Outcome, String> {
 fn touch_shmem(cfg: &Config) -> Result<Outcome, String> {
     let n = cfg.pages;
     let fd = Memfd::new(n * PAGE)?;
-    let view = Map::shared(fd.0, n * PAGE)?;
-    let filler = Map::shared(fd.0, n * PAGE)?;
+    let view = shared(fd.0, n * PAGE)?;
+    let filler = shared(fd.0, n * PAGE)?;
     filler.fill_pattern();
     let (_, ns) = fault_in::<fn() -> _>(cfg, view.addr(), n, 1, cfg.write, pattern_byte, None);
     view.verify(n, pattern)?;
@@ -386,8 +386,8 @@ fn missing(
 ) -> Result<Outcome, String> {
     let n = cfg.pages;
     let len = n * PAGE;
-    let dst = Map::anon(len)?;
-    let src = Map::anon(len)?;
+    let dst = anon(len)?;
+    let src = anon(len)?;
     if method != Method::Zero {
         src.fill_pattern();
     }
@@ -455,8 +455,8 @@ fn poison_scenario(cfg: &Config) -> Result<Outcome, String> {
     use std::os::fd::AsRawFd;
     let n = cfg.pages;
     let len = n * PAGE;
-    let dst = Map::anon(len)?;
-    let marker = Map::anon(PAGE)?;
+    let dst = anon(len)?;
+    let marker = anon(PAGE)?;
     // SAFETY: `marker` is a live one-page mapping nothing else uses.
     unsafe { std::ptr::write_bytes(marker.ptr().cast::<u8>(), poison::MARKER_BYTE, PAGE) };
     let uffd = new_uffd(FeatureFlags::empty())?;
@@ -515,7 +515,7 @@ fn wp_expected(i: usize, j: usize) -> u64 {
 fn wp(cfg: &Config) -> Result<Outcome, String> {
     let n = cfg.pages;
     let len = n * PAGE;
-    let dst = Map::anon(len)?;
+    let dst = anon(len)?;
     dst.fill_pattern();
     let uffd = new_uffd(FeatureFlags::empty())?;
     uffd.register_with_mode(dst.ptr(), len, RegisterMode::WRITE_PROTECT)
@@ -554,8 +554,8 @@ fn minor(cfg: &Config) -> Result<Outcome, String> {
     let n = cfg.pages;
     let len = n * PAGE;
     let fd = Memfd::new(len)?;
-    let view = Map::shared(fd.0, len)?;
-    let filler = Map::shared(fd.0, len)?;
+    let view = shared(fd.0, len)?;
+    let filler = shared(fd.0, len)?;
     filler.fill_pattern();
     let uffd = new_uffd(FeatureFlags::empty())?;
     uffd.register_with_mode(view.ptr(), len, RegisterMode::MINOR)
@@ -588,8 +588,8 @@ fn minor(cfg: &Config) -> Result<Outcome, String> {
 fn ioctl_copy(cfg: &Config) -> Result<Outcome, String> {
     let n = cfg.pages;
     let len = n * PAGE;
-    let dst = Map::anon(len)?;
-    let src = Map::anon(len)?;
+    let dst = anon(len)?;
+    let src = anon(len)?;
     src.fill_pattern();
     let uffd = new_uffd(FeatureFlags::empty())?;
     uffd.register(dst.ptr(), len)
@@ -669,7 +669,7 @@ fn wp_async(cfg: &Config) -> Result<Outcome, String> {
     };
 
     // Asynchronous: the writer is not stopped; the dirty set is collected afterwards.
-    let dst = Map::anon(len)?;
+    let dst = anon(len)?;
     dst.fill_pattern();
     let uffd = new_uffd(FeatureFlags::WP_ASYNC)?;
     uffd.register_with_mode(dst.ptr(), len, RegisterMode::WRITE_PROTECT)
@@ -710,7 +710,7 @@ fn wp_async(cfg: &Config) -> Result<Outcome, String> {
 
     // Synchronous: every first write faults and the handler records the page.
     drop(dst);
-    let sync = Map::anon(len)?;
+    let sync = anon(len)?;
     sync.fill_pattern();
     let uffd = new_uffd(FeatureFlags::empty())?;
     uffd.register_with_mode(sync.ptr(), len, RegisterMode::WRITE_PROTECT)
