@@ -21,6 +21,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr;
 
 use libc::{c_int, EFAULT, EINVAL, ENOENT};
+use test_kit::mapping::Map;
 use userfaultfd_sys::*;
 
 /// Opens a userfaultfd with `userfaultfd(2)`; the handshake is not done yet.
@@ -124,38 +125,18 @@ fn page_size() -> u64 {
 
 /// Anonymous private read-write pages, unmapped on drop. Rust never references them: they are
 /// only read and written by the kernel and through raw pointers, so ioctls may remap them.
-struct Mapping {
-    addr: *mut c_void,
-    len: usize,
-}
+struct Mapping(Map);
 
 impl Mapping {
     fn new(pages: u64) -> Mapping {
-        let len = usize::try_from(pages * page_size()).expect("fits");
-        // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing overlaps no
-        // existing memory.
-        let addr = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(
-            addr,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            io::Error::last_os_error()
-        );
-        Mapping { addr, len }
+        Mapping(Map::anon(
+            usize::try_from(pages * page_size()).expect("fits"),
+        ))
     }
 
     /// Address of page `i`.
     fn page(&self, i: u64) -> u64 {
-        self.addr as u64 + i * page_size()
+        self.0.addr() as u64 + i * page_size()
     }
 
     fn range(&self, first: u64, pages: u64) -> uffdio_range {
@@ -178,14 +159,6 @@ impl Mapping {
         let p = self.page(i) as *const u8;
         // SAFETY: as in `touch`; callers only read pages that are present or not registered.
         unsafe { p.read_volatile() }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `addr..addr+len` is the mapping this value created and still owns.
-        let r = unsafe { libc::munmap(self.addr, self.len) };
-        assert_eq!(r, 0, "munmap: {}", io::Error::last_os_error());
     }
 }
 
