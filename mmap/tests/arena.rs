@@ -379,7 +379,8 @@ fn failed_hugetlbfs_mapping_leaves_the_range_to_the_arena() {
         Ok(file) => file,
         Err(why) => {
             test_kit::report::skip(format!(
-                "no hugetlbfs file: {why} (sysctl -w vm.nr_hugepages=128)"
+                "could not make a hugetlbfs file ({why}): needs root (for a private hugetlbfs \
+                 mount) and free 2 MiB huge pages (sysctl -w vm.nr_hugepages=128)"
             ));
             return;
         }
