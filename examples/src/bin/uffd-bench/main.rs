@@ -24,11 +24,14 @@
 //! runs it and the `copy` scenario alternately ROUNDS times, reporting the median of each and
 //! their ratio.
 
+mod cli;
+mod compare;
 mod handler;
 mod mem;
+mod outcome;
 mod poison;
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Barrier;
 use std::thread;
 use std::time::Instant;
@@ -38,176 +41,17 @@ use userfaultfd::{
     Error, FeatureFlags, PageMap, PageRegion, RegisterMode, ScanRequest, Uffd, UffdBuilder,
 };
 
-use clap::{Parser, ValueEnum};
-use test_kit::args::{self, number_in};
-
+use cli::{Config, Pin};
+use compare::compare_c;
 use handler::{copy_span, serve, touch, Style};
 use mem::{anon, low_byte, pattern, pin, shared, warm, Memfd, Pattern, PAGE};
+use outcome::Outcome;
 
-const SCENARIOS: [&str; 13] = [
-    "touch",
-    "touch-shmem",
-    "copy",
-    "copy-batch",
-    "zeropage",
-    "copy-2t",
-    "prefetch",
-    "wp",
-    "minor",
-    "move",
-    "poison",
-    "ioctl-copy",
-    "wp-async",
-];
-
-const DEFAULT_PAGES: usize = 32768;
 const PREFETCH: usize = 16 * PAGE;
 const BATCH: usize = 64;
 
-/// Where the handler and faulting threads run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Pin {
-    /// No pinning.
-    None,
-    /// Handler and faulting threads on CPU 0.
-    Same,
-    /// Handler on CPU 0, faulting threads on CPU 1.
-    Split,
-}
-
-/// How the faulting threads touch the pages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Access {
-    /// Read (the default).
-    Read,
-    /// Write (`wp` always writes).
-    Write,
-}
-
-/// What a page fault costs per userfaultfd resolution method, against the kernel's own demand
-/// fault. Every resolved byte is verified.
-#[derive(Parser, Debug)]
-#[command(name = "uffd-bench", allow_negative_numbers = true)]
-struct Cli {
-    /// Pages per scenario (32768 = 128 MiB).
-    #[arg(short = 'n', value_name = "PAGES", default_value_t = DEFAULT_PAGES,
-          value_parser = number_in(16usize, 1 << 22))]
-    pages: usize,
-    /// Print each result as a JSON object.
-    #[arg(long)]
-    json: bool,
-    /// Touch pages by read or write.
-    #[arg(short = 'a', value_name = "MODE", value_enum, default_value_t = Access::Read)]
-    access: Access,
-    /// Pin the threads.
-    #[arg(short = 'p', value_name = "PIN", value_enum, default_value_t = Pin::None)]
-    pin: Pin,
-    /// The handler busy-polls read() instead of sleeping in poll().
-    #[arg(short = 's')]
-    spin: bool,
-    /// Also compare `copy` with the C program examples/bench-c/uffd-copy.c, ROUNDS times.
-    #[arg(short = 'c', value_name = "ROUNDS", value_parser = number_in(1usize, 1001))]
-    compare: Option<usize>,
-    /// Scenarios to run (default: all, unless -c is given).
-    #[arg(value_name = "SCENARIO", value_parser = scenario)]
-    scenarios: Vec<Vec<&'static str>>,
-}
-
-/// A scenario name, or `all`.
-fn scenario(s: &str) -> Result<Vec<&'static str>, String> {
-    if s == "all" {
-        return Ok(SCENARIOS.to_vec());
-    }
-    SCENARIOS
-        .iter()
-        .find(|&&n| n == s)
-        .map(|&n| vec![n])
-        .ok_or_else(|| format!("expected all or one of {}", SCENARIOS.join(", ")))
-}
-
-/// The command line.
-#[derive(Clone, Debug)]
-struct Config {
-    pages: usize,
-    json: bool,
-    write: bool,
-    pin: Pin,
-    spin: bool,
-    compare_rounds: usize,
-    scenarios: Vec<&'static str>,
-}
-
-/// One scenario's figures.
-struct Outcome {
-    name: &'static str,
-    pages: usize,
-    faults: usize,
-    /// Timed nanoseconds.
-    ns: u128,
-    /// Pages the timed span made present (the divisor of `ns_per_page`).
-    units: usize,
-    extra: Vec<(&'static str, String)>,
-}
-
-impl Outcome {
-    /// The timed span per fault message, `None` when nothing faulted.
-    fn ns_per_fault(&self) -> Option<f64> {
-        (self.faults > 0).then(|| self.ns as f64 / self.faults as f64)
-    }
-
-    /// The timed span per page made present.
-    fn ns_per_page(&self) -> f64 {
-        self.ns as f64 / self.units.max(1) as f64
-    }
-
-    fn print(&self, json: bool) {
-        let per_page = self.ns_per_page();
-        let gbps = (self.units * PAGE) as f64 / self.ns.max(1) as f64;
-        let per_fault = |none: &str| {
-            self.ns_per_fault()
-                .map_or_else(|| none.to_string(), |ns| format!("{ns:.1}"))
-        };
-        if json {
-            let mut s = format!(
-                "{{\"scenario\":\"{}\",\"pages\":{},\"faults\":{},\"ns_per_fault\":{},\"ns_per_page\":{per_page:.1},\"gbps\":{gbps:.3},\"verify\":\"ok\"",
-                self.name, self.pages, self.faults, per_fault("null")
-            );
-            for (k, v) in &self.extra {
-                s.push_str(&format!(",\"{k}\":{v}"));
-            }
-            println!("{s}}}");
-        } else {
-            let mut s = format!(
-                "scenario={} pages={} faults={} ns_per_fault={} ns_per_page={per_page:.1} \
-                 gbps={gbps:.3} verify=ok",
-                self.name,
-                self.pages,
-                self.faults,
-                per_fault("-")
-            );
-            for (k, v) in &self.extra {
-                s.push_str(&format!(" {k}={v}"));
-            }
-            println!("{s}");
-        }
-    }
-}
-
 fn main() -> ExitCode {
-    let cli: Cli = args::parse();
-    let mut scenarios: Vec<&'static str> = cli.scenarios.concat();
-    if scenarios.is_empty() && cli.compare.is_none() {
-        scenarios.extend(SCENARIOS);
-    }
-    let cfg = Config {
-        pages: cli.pages,
-        json: cli.json,
-        write: cli.access == Access::Write,
-        pin: cli.pin,
-        spin: cli.spin,
-        compare_rounds: cli.compare.unwrap_or(0),
-        scenarios,
-    };
+    let cfg = cli::config();
     let mut failed = false;
     for &name in &cfg.scenarios {
         match run(name, &cfg) {
@@ -758,82 +602,4 @@ fn wp_async(cfg: &Config) -> Result<Outcome, String> {
             ),
         ],
     })
-}
-
-/// Builds the C program and runs it and the `copy` scenario alternately.
-fn compare_c(cfg: &Config) -> Result<(), String> {
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/bench-c/uffd-copy.c");
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = exe.with_file_name("uffd-copy-c");
-    let st = Command::new("cc")
-        .args(["-O2", "-Wall", "-pthread", "-o"])
-        .arg(&out)
-        .arg(src)
-        .status()
-        .map_err(|e| format!("running cc: {e}"))?;
-    if !st.success() {
-        return Err(format!("cc -O2 {src} failed: {st}"));
-    }
-    let mut args = vec!["-n".to_string(), cfg.pages.to_string()];
-    if cfg.write {
-        args.extend(["-a".into(), "write".into()]);
-    }
-    match cfg.pin {
-        Pin::None => {}
-        Pin::Same => args.extend(["-p".into(), "same".into()]),
-        Pin::Split => args.extend(["-p".into(), "split".into()]),
-    }
-    if cfg.spin {
-        args.push("-s".into());
-    }
-    // Both sides run as fresh processes with the same arguments, in alternating order, so
-    // neither inherits the other's address-space history or always goes first.
-    let run_one = |prog: &std::path::Path, extra: &[&str]| -> Result<f64, String> {
-        let o = Command::new(prog)
-            .args(&args)
-            .args(extra)
-            .output()
-            .map_err(|e| format!("running {}: {e}", prog.display()))?;
-        let text = String::from_utf8_lossy(&o.stdout);
-        if !o.status.success() || !text.contains("verify=ok") {
-            return Err(format!(
-                "{} failed ({}): {text}{}",
-                prog.display(),
-                o.status,
-                String::from_utf8_lossy(&o.stderr)
-            ));
-        }
-        text.split_whitespace()
-            .find_map(|f| f.strip_prefix("ns_per_fault="))
-            .and_then(|v| v.parse::<f64>().ok())
-            .ok_or_else(|| format!("no ns_per_fault in {text:?}"))
-    };
-    let (mut rust, mut c) = (Vec::new(), Vec::new());
-    for round in 0..cfg.compare_rounds {
-        if round % 2 == 0 {
-            rust.push(run_one(&exe, &["copy"])?);
-            c.push(run_one(&out, &[])?);
-        } else {
-            c.push(run_one(&out, &[])?);
-            rust.push(run_one(&exe, &["copy"])?);
-        }
-    }
-    // Paired ratios cancel slow drift of the host; minima estimate the cost without
-    // scheduling noise, which on this VM is far larger than the library's share.
-    let mut paired: Vec<f64> = rust.iter().zip(&c).map(|(r, c)| r / c).collect();
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (r, cc, pr) = (med(&mut rust), med(&mut c), med(&mut paired));
-    println!(
-        "compare=copy rounds={} rust_ns_per_fault={r:.1} c_ns_per_fault={cc:.1} ratio={:.4} \
-         paired_ratio={pr:.4} rust_min={:.1} c_min={:.1} min_ratio={:.4}",
-        cfg.compare_rounds,
-        r / cc,
-        rust[0],
-        c[0],
-        rust[0] / c[0]
-    );
-    Ok(())
 }
