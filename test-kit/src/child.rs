@@ -42,3 +42,51 @@ pub fn wait_child(pid: libc::pid_t, timeout: Duration) -> io::Result<libc::c_int
     }
     Ok(status)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Forks a child that runs only async-signal-safe calls: `_exit(code)`, or a `pause()`
+    /// that only a signal ends.
+    fn fork_child(exit_code: Option<libc::c_int>) -> libc::pid_t {
+        // SAFETY: the child calls only async-signal-safe functions (pause, _exit) before it
+        // exits, so the other threads of the test harness do not matter.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: as above.
+            unsafe {
+                if let Some(code) = exit_code {
+                    libc::_exit(code);
+                }
+                libc::pause();
+                libc::_exit(0);
+            }
+        }
+        pid
+    }
+
+    #[test]
+    fn an_exiting_child_gives_its_status() {
+        let pid = fork_child(Some(7));
+        let status = wait_child(pid, Duration::from_secs(30)).unwrap();
+        assert!(libc::WIFEXITED(status), "{status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 7);
+    }
+
+    #[test]
+    fn a_hung_child_is_killed_and_reaped() {
+        let pid = fork_child(None);
+        let err = wait_child(pid, Duration::from_millis(50)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        // Reaped: the pid is no child of ours any more.
+        // SAFETY: waitpid with WNOHANG and no status pointer touches no memory of ours.
+        let r = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        assert_eq!(r, -1);
+        assert_eq!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::ECHILD)
+        );
+    }
+}
