@@ -10,15 +10,11 @@
 use std::fmt::Display;
 use std::str::FromStr;
 
-pub use test_kit::child::wait_child;
-pub use test_kit::exit::{fail, finish, EXIT_FAILURE, EXIT_USAGE};
+pub use test_kit::exit::{EXIT_FAILURE, EXIT_USAGE};
 pub use test_kit::mapping::no_huge_pages;
-pub use test_kit::measure::mb_per_s;
 pub use test_kit::page_size;
-pub use test_kit::pattern::{
-    check_page, fill_page, is_zero_page, pattern_word, write_pattern_file,
-};
-pub use test_kit::rng::{mix64, Rng};
+pub use test_kit::pattern::write_pattern_file;
+pub use test_kit::rng::Rng;
 pub use test_kit::temp::TempFile;
 pub use test_kit::wait::{wait_readable, StopSignal, Wait};
 
