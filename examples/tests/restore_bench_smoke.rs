@@ -93,7 +93,9 @@ fn check_line(line: &str, mode: &str, pages: u64) -> Vec<f64> {
 #[test]
 fn all_modes_run_and_verify() {
     if !uffd_available() {
-        eprintln!("skipped: no userfaultfd here");
+        test_kit::report::skip(
+            "no userfaultfd (even for user-mode faults) here: CONFIG_USERFAULTFD",
+        );
         return;
     }
     let stdout = run_ok(&["--mib", "8", "--threads", "2"]);
@@ -107,7 +109,9 @@ fn all_modes_run_and_verify() {
 #[test]
 fn repeated_throttled_runs_alternate_and_give_medians() {
     if !uffd_available() {
-        eprintln!("skipped: no userfaultfd here");
+        test_kit::report::skip(
+            "no userfaultfd (even for user-mode faults) here: CONFIG_USERFAULTFD",
+        );
         return;
     }
     let stdout = run_ok(&[
@@ -148,7 +152,9 @@ fn repeated_throttled_runs_alternate_and_give_medians() {
 #[test]
 fn json_output() {
     if !uffd_available() {
-        eprintln!("skipped: no userfaultfd here");
+        test_kit::report::skip(
+            "no userfaultfd (even for user-mode faults) here: CONFIG_USERFAULTFD",
+        );
         return;
     }
     let stdout = run_ok(&["--mib", "2", "--json", "--repeat", "2", "mmap", "serve"]);

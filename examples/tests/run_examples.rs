@@ -1,5 +1,5 @@
-//! Runs every example binary with its default arguments (so the examples cannot rot) and with a
-//! bad argument (which must give a usage message and a non-zero status, not a panic).
+//! Runs every example binary with its default arguments (so the examples cannot rot); bad
+//! arguments are tested in `arguments.rs`.
 
 mod common;
 use common::run;
@@ -20,15 +20,6 @@ fn assert_runs(bin: &str, args: &[&str], expect: &[&str]) -> String {
     stdout
 }
 
-/// Runs `bin` with a bad argument: status 2, a usage message, no panic.
-fn assert_usage(bin: &str, args: &[&str]) {
-    let out = run(bin, args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{bin} {args:?}: {stderr}");
-    assert!(stderr.contains("usage:"), "{bin}: no usage in {stderr}");
-    assert!(!stderr.contains("panicked"), "{bin} panicked: {stderr}");
-}
-
 #[test]
 fn manpage_default() {
     assert_runs(
@@ -40,12 +31,6 @@ fn manpage_default() {
             "verified: 3 faults served",
         ],
     );
-}
-
-#[test]
-fn manpage_bad_argument() {
-    assert_usage(env!("CARGO_BIN_EXE_manpage"), &["lots"]);
-    assert_usage(env!("CARGO_BIN_EXE_manpage"), &["3", "4"]);
 }
 
 #[test]
@@ -85,18 +70,6 @@ fn lazy_restore_real_file() {
 }
 
 #[test]
-fn lazy_restore_bad_arguments() {
-    let bin = env!("CARGO_BIN_EXE_lazy-restore");
-    assert_usage(bin, &["--size"]);
-    assert_usage(bin, &["--size", "zero"]);
-    assert_usage(bin, &["--size", "0"]);
-    assert_usage(bin, &["--bogus"]);
-    // A snapshot that does not exist is a failed run, not a usage error.
-    let out = run(bin, &["--snapshot", "/nonexistent/snapshot"]);
-    assert_eq!(out.status.code(), Some(1));
-}
-
-#[test]
 fn dirty_tracking_default() {
     assert_runs(
         env!("CARGO_BIN_EXE_dirty-tracking"),
@@ -110,11 +83,6 @@ fn dirty_tracking_default() {
 }
 
 #[test]
-fn dirty_tracking_bad_argument() {
-    assert_usage(env!("CARGO_BIN_EXE_dirty-tracking"), &["--rounds", "-1"]);
-}
-
-#[test]
 fn minor_shmem_default() {
     assert_runs(
         env!("CARGO_BIN_EXE_minor-shmem"),
@@ -124,12 +92,10 @@ fn minor_shmem_default() {
 }
 
 #[test]
-fn minor_shmem_bad_argument() {
-    assert_usage(env!("CARGO_BIN_EXE_minor-shmem"), &["--pages", "many"]);
-}
-
-#[test]
 fn fork_events_default() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::CapSysPtrace) {
+        return;
+    }
     assert_runs(
         env!("CARGO_BIN_EXE_fork-events"),
         &[],
@@ -144,11 +110,6 @@ fn fork_events_default() {
     );
 }
 
-#[test]
-fn fork_events_bad_argument() {
-    assert_usage(env!("CARGO_BIN_EXE_fork-events"), &["extra"]);
-}
-
 /// Run by an unprivileged user, `fork-events` must say first that it needs `CAP_SYS_PTRACE`,
 /// not advise the sysctl, `/dev/userfaultfd` or user-mode-only faults, none of which helps.
 /// Needs root (to drop to `nobody`) and `setpriv` (util-linux); skipped otherwise.
@@ -158,7 +119,9 @@ fn fork_events_unprivileged_says_cap_sys_ptrace_first() {
     // SAFETY: geteuid has no arguments and cannot fail.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 || !std::path::Path::new(setpriv).exists() {
-        eprintln!("skipped: needs root and {setpriv} to run fork-events as nobody");
+        test_kit::report::skip(format!(
+            "needs root and {setpriv} (util-linux) to run fork-events as nobody: run as root"
+        ));
         return;
     }
     let out = run(
@@ -233,16 +196,6 @@ fn page_server_without_prefetch() {
 }
 
 #[test]
-fn page_server_bad_arguments() {
-    let bin = env!("CARGO_BIN_EXE_page-server");
-    assert_usage(bin, &["--prefetch", "0"]);
-    assert_usage(bin, &["--prefetch", "2000"]);
-    assert_usage(bin, &["--pages", "0"]);
-    assert_usage(bin, &["--serve", "--connect", "127.0.0.1:1"]);
-    assert_usage(bin, &["--connect"]);
-}
-
-#[test]
 fn uffd_probe_table_and_json() {
     let bin = env!("CARGO_BIN_EXE_uffd-probe");
     assert_runs(
@@ -276,12 +229,10 @@ fn uffd_probe_table_and_json() {
 }
 
 #[test]
-fn uffd_probe_bad_argument() {
-    assert_usage(env!("CARGO_BIN_EXE_uffd-probe"), &["--yaml"]);
-}
-
-#[test]
 fn uffd_stress_small_reports_progress() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let pages = (1 << 20) / userfaultfd::page_size();
     let first = format!("running [1/2] Anon wp=false: {pages} pages x 2 bounces");
     let out = assert_runs(
@@ -307,12 +258,6 @@ fn uffd_stress_small_reports_progress() {
     );
     // The first line comes before any run: a long run is never silent from the start.
     assert!(out.starts_with("uffd-stress: "), "{out}");
-}
-
-#[test]
-fn uffd_stress_bad_argument() {
-    assert_usage(env!("CARGO_BIN_EXE_uffd-stress"), &["--mem", "disk"]);
-    assert_usage(env!("CARGO_BIN_EXE_uffd-stress"), &["--bounces", "0"]);
 }
 
 #[test]

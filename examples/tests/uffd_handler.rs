@@ -33,7 +33,10 @@ fn uffd_available() -> bool {
         .create()
         .is_ok();
     if !ok {
-        eprintln!("skipped: no userfaultfd (with EVENT_REMOVE, for all faults) here");
+        test_kit::report::skip(
+            "no userfaultfd with EVENT_REMOVE for kernel-mode faults here: run as root, or \
+             `sysctl -w vm.unprivileged_userfaultfd=1`",
+        );
     }
     ok
 }
@@ -165,7 +168,9 @@ fn hugetlb_guest_with_2mib_pages() {
     let need = 8;
     let free = free_huge_pages();
     if free < need {
-        eprintln!("skipped: {free} free 2 MiB huge pages, {need} needed (vm.nr_hugepages)");
+        test_kit::report::skip(format!(
+            "needs {need} free 2 MiB huge pages, {free} free (sysctl -w vm.nr_hugepages=128)"
+        ));
         return;
     }
     let dir = TempDir::new("huge");

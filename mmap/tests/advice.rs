@@ -70,7 +70,9 @@ fn use_hugepages_reports_what_it_did() {
     let Some(pmd) = mmap::thp_pmd_size() else {
         let m = MemoryMapping::new_private(ps()).unwrap();
         assert_eq!(m.use_hugepages().unwrap(), HugePageAdvice::Unsupported);
-        eprintln!("SKIPPED use_hugepages: no transparent huge pages in this kernel");
+        test_kit::report::skip(
+            "no transparent huge pages in this kernel (CONFIG_TRANSPARENT_HUGEPAGE)",
+        );
         return;
     };
     // Too small for a PMD: nothing done, and nothing in VmFlags.
@@ -349,7 +351,9 @@ fn msync_writes_dirty_file_pages_back() {
             assert_eq!(after0 & KPF_DIRTY, 0, "page 0 still dirty after msync");
             assert_eq!(after1 & KPF_DIRTY, 0, "page 1 still dirty after msync");
         }
-        _ => eprintln!("SKIPPED msync dirty-bit check: /proc/kpageflags needs root"),
+        _ => test_kit::report::skip(
+            "the msync dirty-bit check reads /proc/kpageflags, which needs root: run as root",
+        ),
     }
     assert_eq!(
         MappedRegion::msync(&m, 1, ps()).unwrap_err(),

@@ -338,7 +338,9 @@ fn hugetlbfs_fd_is_checked_with_its_huge_page_size() {
     let shm = match SharedMemory::new_hugetlb("past-end", HUGE as u64, HugePageSize::Size2MiB) {
         Ok(shm) => shm,
         Err(e) => {
-            eprintln!("SKIPPED hugetlbfs_fd_is_checked_with_its_huge_page_size: {e}");
+            test_kit::report::skip(format!(
+                "no 2 MiB hugetlbfs memfd: {e} (sysctl -w vm.nr_hugepages=128)"
+            ));
             return;
         }
     };
@@ -376,7 +378,10 @@ fn failed_hugetlbfs_mapping_leaves_the_range_to_the_arena() {
     let file = match zero_size_hugetlbfs_file() {
         Ok(file) => file,
         Err(why) => {
-            eprintln!("SKIPPED failed_hugetlbfs_mapping_leaves_the_range_to_the_arena: {why}");
+            test_kit::report::skip(format!(
+                "could not make a hugetlbfs file ({why}): needs root (for a private hugetlbfs \
+                 mount) and free 2 MiB huge pages (sysctl -w vm.nr_hugepages=128)"
+            ));
             return;
         }
     };

@@ -23,12 +23,14 @@ fn ps() -> usize {
     mmap::pagesize()
 }
 
-/// `Ok(Some(m))`, or `None` after printing a skip message if the pool ran dry.
+/// `Ok(Some(m))`, or `None` after recording a skip if the pool ran dry.
 fn or_skip<T>(test: &str, r: Result<T>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
         Err(e) if e.errno() == Some(libc::ENOMEM) => {
-            eprintln!("SKIPPED {test}: the huge page pool ran out ({e})");
+            test_kit::report::skip(format!(
+                "the huge page pool ran out ({e}) (sysctl -w vm.nr_hugepages=128)"
+            ));
             None
         }
         Err(e) => panic!("{test}: {e}"),
@@ -47,7 +49,7 @@ fn pool_value(size_kb: usize, file: &str) -> Option<u64> {
 
 #[test]
 fn private_hugetlb_rounds_the_length() {
-    if !have_huge_pages("private_hugetlb_rounds_the_length", 2) {
+    if !have_huge_pages(2) {
         return;
     }
     let b = MemoryMappingBuilder::new(HUGE + 1)
@@ -75,7 +77,7 @@ fn private_hugetlb_rounds_the_length() {
 
 #[test]
 fn hugetlb_operations_are_huge_page_granular() {
-    if !have_huge_pages("hugetlb_operations_are_huge_page_granular", 2) {
+    if !have_huge_pages(2) {
         return;
     }
     let b = MemoryMappingBuilder::new(2 * HUGE)
@@ -103,7 +105,7 @@ fn hugetlb_operations_are_huge_page_granular() {
 
 #[test]
 fn hugetlb_memfd_two_views_and_remove() {
-    if !have_huge_pages("hugetlb_memfd_two_views_and_remove", 2) {
+    if !have_huge_pages(2) {
         return;
     }
     let shm = SharedMemory::new_hugetlb("huge", 2 * HUGE as u64, HugePageSize::Size2MiB).unwrap();
@@ -173,7 +175,7 @@ fn hugetlb_memfd_size_must_be_huge_page_aligned() {
 
 #[test]
 fn hugetlb_honours_a_larger_alignment() {
-    if !have_huge_pages("hugetlb_honours_a_larger_alignment", 1) {
+    if !have_huge_pages(1) {
         return;
     }
     let b = MemoryMappingBuilder::new(HUGE)
@@ -241,13 +243,14 @@ fn more_pages_than_the_pool_is_enomem() {
         pool_value(2048, "nr_hugepages"),
         pool_value(2048, "nr_overcommit_hugepages"),
     ) else {
-        eprintln!("SKIPPED more_pages_than_the_pool_is_enomem: no 2 MiB hugetlb pool");
+        test_kit::report::skip("no 2 MiB hugetlb pool on this kernel (CONFIG_HUGETLBFS)");
         return;
     };
     if overcommit != 0 {
-        eprintln!(
-            "SKIPPED more_pages_than_the_pool_is_enomem: nr_overcommit_hugepages={overcommit}"
-        );
+        test_kit::report::skip(format!(
+            "nr_overcommit_hugepages={overcommit} lets the pool grow past its size \
+             (sysctl -w vm.nr_overcommit_hugepages=0)"
+        ));
         return;
     }
     let len = (total as usize + 1) * HUGE;
@@ -305,13 +308,16 @@ fn empty_pool_is_enomem() {
                 }
             );
         }
-        other => eprintln!("SKIPPED empty_pool_is_enomem: 1 GiB pool (nr, overcommit) = {other:?}"),
+        other => test_kit::report::skip(format!(
+            "needs an empty 1 GiB huge page pool, (nr, overcommit) = {other:?} (write 0 to both \
+             in /sys/kernel/mm/hugepages/hugepages-1048576kB/)"
+        )),
     }
 }
 
 #[test]
 fn arena_replaces_hugetlb_memory_in_whole_huge_pages() {
-    if !have_huge_pages("arena_replaces_hugetlb_memory_in_whole_huge_pages", 2) {
+    if !have_huge_pages(2) {
         return;
     }
     let shm = SharedMemory::new_hugetlb("arena", 2 * HUGE as u64, HugePageSize::Size2MiB).unwrap();

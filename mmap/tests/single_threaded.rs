@@ -139,7 +139,7 @@ fn drop_unmaps_everything() {
 }
 
 fn hugetlb_drop_unmaps_the_rounded_length() {
-    if !have_huge_pages("hugetlb_drop_unmaps_the_rounded_length", 2) {
+    if !have_huge_pages(2) {
         return;
     }
     let huge = 2 << 20;
@@ -150,7 +150,9 @@ fn hugetlb_drop_unmaps_the_rounded_length() {
     {
         Ok(m) => m,
         Err(e) if e.errno() == Some(libc::ENOMEM) => {
-            eprintln!("SKIPPED hugetlb_drop_unmaps_the_rounded_length: pool ran out");
+            test_kit::report::skip(
+                "the 2 MiB huge page pool ran out (sysctl -w vm.nr_hugepages=128)",
+            );
             return;
         }
         Err(e) => panic!("{e}"),
@@ -165,7 +167,9 @@ fn hugetlb_drop_unmaps_the_rounded_length() {
     let m = match MemoryMapping::from_fd(&shm, huge + 1) {
         Ok(m) => m,
         Err(e) if e.errno() == Some(libc::ENOMEM) => {
-            eprintln!("SKIPPED hugetlb_drop_unmaps_the_rounded_length (memfd): pool ran out");
+            test_kit::report::skip(
+                "the 2 MiB huge page pool ran out for the memfd (sysctl -w vm.nr_hugepages=128)",
+            );
             return;
         }
         Err(e) => panic!("{e}"),

@@ -21,6 +21,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr;
 
 use libc::{c_int, EFAULT, EINVAL, ENOENT};
+use test_kit::mapping::Map;
 use userfaultfd_sys::*;
 
 /// Opens a userfaultfd with `userfaultfd(2)`; the handshake is not done yet.
@@ -124,38 +125,18 @@ fn page_size() -> u64 {
 
 /// Anonymous private read-write pages, unmapped on drop. Rust never references them: they are
 /// only read and written by the kernel and through raw pointers, so ioctls may remap them.
-struct Mapping {
-    addr: *mut c_void,
-    len: usize,
-}
+struct Mapping(Map);
 
 impl Mapping {
     fn new(pages: u64) -> Mapping {
-        let len = usize::try_from(pages * page_size()).expect("fits");
-        // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing overlaps no
-        // existing memory.
-        let addr = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(
-            addr,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            io::Error::last_os_error()
-        );
-        Mapping { addr, len }
+        Mapping(Map::anon(
+            usize::try_from(pages * page_size()).expect("fits"),
+        ))
     }
 
     /// Address of page `i`.
     fn page(&self, i: u64) -> u64 {
-        self.addr as u64 + i * page_size()
+        self.0.addr() as u64 + i * page_size()
     }
 
     fn range(&self, first: u64, pages: u64) -> uffdio_range {
@@ -181,14 +162,6 @@ impl Mapping {
     }
 }
 
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `addr..addr+len` is the mapping this value created and still owns.
-        let r = unsafe { libc::munmap(self.addr, self.len) };
-        assert_eq!(r, 0, "munmap: {}", io::Error::last_os_error());
-    }
-}
-
 /// Registers `pages` pages of `map` on `fd` in MISSING mode and returns the `ioctls` answer.
 fn register_missing(fd: &OwnedFd, map: &Mapping, pages: u64) -> u64 {
     let mut reg = uffdio_register {
@@ -205,6 +178,9 @@ const SENTINEL: i64 = 0x5a5a;
 
 #[test]
 fn unknown_commands_get_einval() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     // Why EINVAL alone would not prove a number is accepted.
     let fd = ready_uffd();
     let unknown = ioctl::IoctlEncoding::NATIVE.ioc(
@@ -226,6 +202,9 @@ fn unknown_commands_get_einval() {
 
 #[test]
 fn api() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = raw_uffd();
     let handshake = |api: u64, features: u64| {
         let mut arg = uffdio_api {
@@ -275,6 +254,9 @@ fn api() {
 
 #[test]
 fn register_and_unregister() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let map = Mapping::new(4);
     let page = page_size();
@@ -328,6 +310,9 @@ fn register_and_unregister() {
 
 #[test]
 fn wake() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let map = Mapping::new(2);
     let wake = |start: u64, len: u64| {
@@ -349,6 +334,9 @@ fn wake() {
 
 #[test]
 fn copy() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let src = Mapping::new(1);
     src.touch(0, 0x77);
@@ -408,6 +396,9 @@ fn copy() {
 
 #[test]
 fn zeropage() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let unregistered = Mapping::new(1);
     let dst = Mapping::new(1);
@@ -443,6 +434,9 @@ fn zeropage() {
 
 #[test]
 fn move_() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let src = Mapping::new(2);
     src.touch(0, 0x42); // page 1 stays a hole
@@ -493,6 +487,9 @@ fn move_() {
 
 #[test]
 fn writeprotect() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let unregistered = Mapping::new(1);
     unregistered.touch(0, 1);
@@ -522,6 +519,9 @@ fn writeprotect() {
 
 #[test]
 fn continue_() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let unregistered = Mapping::new(1);
     let cont = |range: uffdio_range, mode: u64| {
@@ -554,6 +554,9 @@ fn continue_() {
 
 #[test]
 fn poison() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::Syscall) {
+        return;
+    }
     let fd = ready_uffd();
     let unregistered = Mapping::new(1);
     let dst = Mapping::new(1);
@@ -589,6 +592,11 @@ fn poison() {
 
 #[test]
 fn userfaultfd_ioc_new() {
+    if std::path::Path::new("/dev/userfaultfd").exists()
+        && !test_kit::privilege::require(test_kit::privilege::Need::Device)
+    {
+        return;
+    }
     let dev = match File::options()
         .read(true)
         .write(true)

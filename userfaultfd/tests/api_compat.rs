@@ -151,6 +151,9 @@ fn program_written_against_0_9() -> Result<()> {
 
 #[test]
 fn continue_as_0_9_spells_it() -> Result<()> {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return Ok(());
+    }
     let shm = mmap::SharedMemory::new("compat", 2 * PAGE_SIZE as u64).unwrap();
     let guest = mmap::MemoryMapping::from_fd(&shm, 2 * PAGE_SIZE).unwrap();
     let filler = mmap::MemoryMapping::from_fd(&shm, 2 * PAGE_SIZE).unwrap();
@@ -206,6 +209,9 @@ fn into_raw_fd_hands_over_an_open_fd() -> Result<()> {
 
 #[test]
 fn probe_features_and_features() -> Result<()> {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return Ok(());
+    }
     let supported = UffdBuilder::probe_features()?;
     assert!(supported.contains(FeatureFlags::MISSING_SHMEM | FeatureFlags::THREAD_ID));
     let uffd = UffdBuilder::new()

@@ -29,6 +29,12 @@ fn fd_flags(fd: i32) -> (i32, i32) {
 
 #[test]
 fn every_creation_method_works_as_root() {
+    if !test_kit::privilege::require_all(&[
+        test_kit::privilege::Need::Syscall,
+        test_kit::privilege::Need::Device,
+    ]) {
+        return;
+    }
     let _g = serial();
     let before = count_fds();
     for method in [
@@ -65,6 +71,9 @@ fn every_creation_method_works_as_root() {
 
 #[test]
 fn defaults_and_flags() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let _g = serial();
     // Default: close-on-exec on, blocking.
     let uffd = UffdBuilder::new().create().unwrap();
@@ -78,6 +87,9 @@ fn defaults_and_flags() {
 
 #[test]
 fn features_are_reported() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::CapSysPtrace) {
+        return;
+    }
     let _g = serial();
     let before = count_fds();
     let probed = UffdBuilder::probe_features().unwrap();
@@ -122,6 +134,12 @@ fn features_are_reported() {
 
 #[test]
 fn unsupported_feature_is_reported_and_leaks_nothing() {
+    if !test_kit::privilege::require_all(&[
+        test_kit::privilege::Need::Syscall,
+        test_kit::privilege::Need::Device,
+    ]) {
+        return;
+    }
     let _g = serial();
     let before = count_fds();
     let bogus = FeatureFlags::from_bits_retain(1 << 40);
@@ -146,6 +164,9 @@ fn unsupported_feature_is_reported_and_leaks_nothing() {
 
 #[test]
 fn require_ioctls() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let _g = serial();
     let before = count_fds();
     // The API ioctls are always there.
@@ -239,7 +260,19 @@ fn unprivileged_errors_are_distinct_and_user_mode_only_works() {
         .map(|v| v.trim() == "1")
         .unwrap_or(false);
     if unprivileged {
-        println!("SKIPPED: vm.unprivileged_userfaultfd=1, the syscall is not refused");
+        test_kit::report::skip(
+            "vm.unprivileged_userfaultfd=1 lets anyone use the syscall, so nothing is refused \
+             (sysctl -w vm.unprivileged_userfaultfd=0)",
+        );
+        return;
+    }
+    if !test_kit::privilege::is_root()
+        && test_kit::privilege::missing(test_kit::privilege::Need::Device).is_none()
+    {
+        test_kit::report::skip(
+            "this user may open /dev/userfaultfd, so its refusal cannot be checked: run as root \
+             (the test drops to nobody) or as a user without access to the device",
+        );
         return;
     }
     let code = as_nobody(|| {
@@ -280,7 +313,7 @@ fn unprivileged_errors_are_distinct_and_user_mode_only_works() {
     });
     match code {
         0 => {}
-        100 => println!("SKIPPED: could not drop privileges"),
+        100 => test_kit::report::skip("could not drop to nobody to be refused: run as root"),
         c => panic!("unprivileged check {c} failed (see the closure in this test)"),
     }
     // The EPERM message explains what to do.

@@ -24,6 +24,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 #[test]
 fn fork_produces_fork_event_with_owned_uffd() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::CapSysPtrace) {
+        return;
+    }
     let _g = serial();
     let ps = ps();
     let uffd = uffd_with(FeatureFlags::EVENT_FORK);
@@ -71,6 +74,9 @@ fn fork_produces_fork_event_with_owned_uffd() {
 
 #[test]
 fn mremap_produces_remap_then_unmap() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let _g = serial();
     let ps = ps();
     // Mappings first, so that on a failure the uffd is dropped (flushing events) before
@@ -134,6 +140,9 @@ fn mremap_produces_remap_then_unmap() {
 
 #[test]
 fn madvise_dontneed_produces_remove_and_blocks_copies_until_read() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let _g = serial();
     let ps = ps();
     let uffd = uffd_with(FeatureFlags::EVENT_REMOVE);
@@ -196,6 +205,9 @@ fn madvise_dontneed_produces_remove_and_blocks_copies_until_read() {
 
 #[test]
 fn munmap_produces_unmap() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let _g = serial();
     let ps = ps();
     let uffd = uffd_with(FeatureFlags::EVENT_UNMAP);
@@ -220,6 +232,9 @@ fn munmap_produces_unmap() {
 
 #[test]
 fn thread_id_is_the_faulting_thread() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let _g = serial();
     let ps = ps();
     let uffd = uffd_with(FeatureFlags::THREAD_ID);
@@ -247,6 +262,9 @@ fn thread_id_is_the_faulting_thread() {
 
 #[test]
 fn exact_address_reports_the_faulting_byte() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let _g = serial();
     let ps = ps();
     let exact = uffd_with(FeatureFlags::EXACT_ADDRESS);
@@ -276,6 +294,9 @@ fn exact_address_reports_the_faulting_byte() {
 /// the buffer must be closed when the buffer is read into again or dropped.
 #[test]
 fn unconsumed_fork_fds_are_closed_on_buffer_reuse_and_drop() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::CapSysPtrace) {
+        return;
+    }
     let _g = serial();
     let ps = ps();
     let mem = Map::anon(ps);

@@ -19,6 +19,9 @@ fn two_views(len: usize) -> (SharedMemory, MemoryMapping, MemoryMapping) {
 
 #[test]
 fn minor_fault_resolved_by_continue() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     assert!(uffd
@@ -54,6 +57,9 @@ fn minor_fault_resolved_by_continue() {
 
 #[test]
 fn continue_of_page_not_in_page_cache_is_efault() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     let (_shm, guest, _filler) = two_views(ps);
@@ -76,6 +82,9 @@ fn continue_of_page_not_in_page_cache_is_efault() {
 
 #[test]
 fn minor_on_anonymous_memory_is_einval() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     let mem = Map::anon(ps);
@@ -97,6 +106,9 @@ fn minor_on_anonymous_memory_is_einval() {
 
 #[test]
 fn continue_with_wp_mode_maps_protected() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     if !uffd

@@ -15,6 +15,9 @@ use userfaultfd::{
 
 #[test]
 fn anon_fault_resolved_by_copy() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     let mem = mmap::MemoryMappingBuilder::new(4 * ps)
@@ -45,6 +48,9 @@ fn anon_fault_resolved_by_copy() {
 
 #[test]
 fn anon_fault_resolved_by_zeropage() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     let mem = Map::anon(2 * ps);
@@ -65,6 +71,9 @@ fn anon_fault_resolved_by_zeropage() {
 
 #[test]
 fn shmem_memfd_shared_fault_resolved_by_copy() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd_with(FeatureFlags::empty());
     assert!(uffd
@@ -87,11 +96,14 @@ fn shmem_memfd_shared_fault_resolved_by_copy() {
 
 #[test]
 fn hugetlb_fault_copy_and_zeropage_einval() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let huge = 2 << 20;
     let mem = match Map::hugetlb(huge) {
         Ok(m) => m,
         Err(why) => {
-            println!("SKIPPED hugetlb_fault_copy_and_zeropage_einval: {why}");
+            test_kit::report::skip(why);
             return;
         }
     };
@@ -145,6 +157,9 @@ fn hugetlb_fault_copy_and_zeropage_einval() {
 
 #[test]
 fn copy_onto_present_page_is_already_mapped() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     let mem = Map::anon(2 * ps);
@@ -180,6 +195,9 @@ fn copy_onto_present_page_is_already_mapped() {
 
 #[test]
 fn partial_copy_reports_bytes_done() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     let mem = Map::anon(3 * ps);
@@ -211,6 +229,9 @@ fn partial_copy_reports_bytes_done() {
 
 #[test]
 fn copy_to_unregistered_range_is_enoent() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     let mem = Map::anon(3 * ps);
@@ -267,6 +288,9 @@ fn copy_to_unregistered_range_is_enoent() {
 
 #[test]
 fn misaligned_and_zero_length_are_invalid_arguments() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     let mem = Map::anon(2 * ps);
@@ -337,6 +361,9 @@ fn misaligned_and_zero_length_are_invalid_arguments() {
 
 #[test]
 fn dontwake_then_wake() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     let mem = Map::anon(ps);
@@ -361,6 +388,9 @@ fn dontwake_then_wake() {
 
 #[test]
 fn blocking_read_and_nonblocking_poll() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     // Blocking fd: read_event blocks until the fault arrives (the faulter is started first,
     // so the read returns).
@@ -399,6 +429,9 @@ fn blocking_read_and_nonblocking_poll() {
 
 #[test]
 fn read_events_batches_several_faults() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     const N: usize = 4;
     let ps = ps();
     let uffd = uffd();
@@ -444,6 +477,9 @@ fn read_events_batches_several_faults() {
 
 #[test]
 fn closing_the_uffd_wakes_blocked_faulters() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     let mem = Map::anon(ps);
@@ -460,6 +496,9 @@ fn closing_the_uffd_wakes_blocked_faulters() {
 
 #[test]
 fn register_range_owned_by_another_uffd_is_ebusy() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let a = uffd();
     let b = uffd();

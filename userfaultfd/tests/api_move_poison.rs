@@ -23,6 +23,9 @@ fn source(pages: usize, v: u8, holes: &[usize]) -> Map {
 
 #[test]
 fn move_resolves_fault_and_leaves_hole() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     assert!(uffd.supported_features().contains(FeatureFlags::MOVE));
@@ -46,6 +49,9 @@ fn move_resolves_fault_and_leaves_hole() {
 
 #[test]
 fn partial_move_with_src_hole() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     let src = source(3, 0x10, &[1]);
@@ -83,6 +89,9 @@ fn partial_move_with_src_hole() {
 
 #[test]
 fn move_allow_src_holes_skips_holes() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     let src = source(3, 0x20, &[1]);
@@ -105,6 +114,9 @@ fn move_allow_src_holes_skips_holes() {
 
 #[test]
 fn move_onto_present_page_is_already_mapped() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     let src = source(1, 0x30, &[]);
@@ -131,6 +143,9 @@ fn move_onto_present_page_is_already_mapped() {
 
 #[test]
 fn poison_raises_sigbus_and_refuses_twice() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     assert!(uffd.supported_features().contains(FeatureFlags::POISON));

@@ -63,6 +63,9 @@ fn kernel_access_is_efault_without_message() {
 
 #[test]
 fn kernel_access_is_reported_without_user_mode_only() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     // Root (or /dev/userfaultfd) may handle kernel-mode faults: the read(2) blocks in the
     // kernel until the handler resolves the fault, then succeeds.
@@ -83,6 +86,9 @@ fn kernel_access_is_reported_without_user_mode_only() {
 
 #[test]
 fn sigbus_mode_sends_no_message() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd_with(FeatureFlags::SIGBUS);
     assert!(uffd.features().contains(FeatureFlags::SIGBUS));

@@ -12,6 +12,9 @@ use userfaultfd::{
 
 #[test]
 fn write_fault_on_protected_page_then_unprotect() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd_with(FeatureFlags::PAGEFAULT_FLAG_WP);
     let mem = Map::anon(2 * ps);
@@ -49,6 +52,9 @@ fn write_fault_on_protected_page_then_unprotect() {
 
 #[test]
 fn copy_with_wp_mode_maps_protected() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd_with(FeatureFlags::PAGEFAULT_FLAG_WP);
     let mem = Map::anon(ps);
@@ -85,6 +91,9 @@ fn copy_with_wp_mode_maps_protected() {
 
 #[test]
 fn copy_wp_into_range_not_registered_wp_is_einval() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd_with(FeatureFlags::PAGEFAULT_FLAG_WP);
     let mem = Map::anon(ps);
@@ -108,6 +117,9 @@ fn copy_wp_into_range_not_registered_wp_is_einval() {
 
 #[test]
 fn writeprotect_on_range_not_registered_wp_is_enoent() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = uffd_with(FeatureFlags::PAGEFAULT_FLAG_WP);
     let mem = Map::anon(ps);
@@ -144,6 +156,9 @@ fn writeprotect_on_range_not_registered_wp_is_enoent() {
 
 #[test]
 fn wp_async_pagemap_scan_round_trip() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     const PAGES: usize = 16;
     let ps = ps();
     let uffd = uffd_with(FeatureFlags::WP_ASYNC);

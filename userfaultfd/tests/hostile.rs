@@ -16,7 +16,7 @@ use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-use common::{recv_fd, send_fd};
+use common::{recv_fd, send_fd, Map};
 use libc::c_void;
 use nix::errno::Errno;
 use userfaultfd::{
@@ -66,83 +66,12 @@ fn hostile<F: FnOnce() + Send + 'static>(body: F) {
     assert_eq!(before, after, "file descriptors leaked (before vs after)");
 }
 
-/// An anonymous private mapping, unmapped on drop; optionally with a one-page guard mapping
-/// beyond a hole (see [`Map::truncate`]).
-struct Map {
-    addr: usize,
-    len: usize,
-    /// Address of the guard page, or 0.
-    guard: usize,
-}
-
-impl Map {
-    fn anon(pages: usize) -> Map {
-        let len = pages * page_size();
-        // SAFETY: a new anonymous mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", Errno::last());
-        Map {
-            addr: p as usize,
-            len,
-            guard: 0,
-        }
-    }
-
-    fn page(&self, i: usize) -> *mut c_void {
-        (self.addr + i * page_size()) as *mut c_void
-    }
-
-    /// Keeps the first `pages` pages, unmaps the ones after them except the last, which stays
-    /// mapped as a guard until drop. The hole is enclosed: another thread's new mapping (the
-    /// test harness's thread stacks, malloc's arenas) can be placed in it only if it is no
-    /// larger than the hole, instead of reusing it whatever its size, as it could an open gap
-    /// at the low end of the mmap area.
-    fn truncate(&mut self, pages: usize) {
-        let ps = page_size();
-        let keep = pages * ps;
-        assert!(
-            self.guard == 0 && keep + ps < self.len,
-            "truncate needs a page for the guard"
-        );
-        let guard = self.addr + self.len - ps;
-        // SAFETY: the pages between `keep` and the guard belong to this mapping and nothing
-        // refers to them.
-        let r =
-            unsafe { libc::munmap((self.addr + keep) as *mut c_void, guard - self.addr - keep) };
-        assert_eq!(r, 0);
-        self.len = keep;
-        self.guard = guard;
-    }
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: the mapping was created by `anon` and is unmapped only here.
-            unsafe { libc::munmap(self.addr as *mut c_void, self.len) };
-        }
-        if self.guard != 0 {
-            // SAFETY: the guard page is the last page `anon` mapped; unmapped only here.
-            unsafe { libc::munmap(self.guard as *mut c_void, page_size()) };
-        }
-    }
-}
-
 /// A page that is mapped nowhere, enclosed by two mapped pages that the returned `Map` owns
-/// (so the hole stays a hole for as long as the `Map` lives; see [`Map::truncate`]).
+/// (so the hole stays a hole for as long as the `Map` lives; see [`Map::truncate_with_guard`]).
 fn unmapped_page() -> (Map, usize) {
-    let mut m = Map::anon(3);
-    m.truncate(1);
-    let hole = m.addr + page_size();
+    let mut m = Map::anon(3 * page_size());
+    m.truncate_with_guard(1);
+    let hole = m.addr() + page_size();
     (m, hole)
 }
 
@@ -226,9 +155,9 @@ fn unaligned_ranges_are_rejected_before_the_kernel() {
     hostile(|| {
         let ps = page_size();
         let uffd = new_uffd(false);
-        let m = Map::anon(4);
-        let src = Map::anon(1);
-        let base = m.addr;
+        let m = Map::anon(4 * page_size());
+        let src = Map::anon(page_size());
+        let base = m.addr();
         for (start, len) in [(base + 1, ps), (base, ps + 1), (base + 8, 2 * ps - 8)] {
             let p = start as *mut c_void;
             // The kernel agrees: it says EINVAL to the same request.
@@ -253,7 +182,7 @@ fn unaligned_ranges_are_rejected_before_the_kernel() {
         }
         // MOVE checks its source too.
         // SAFETY: rejected before any system call.
-        let r = unsafe { uffd.r#move((src.addr + 1) as *mut c_void, m.page(0), ps, true) };
+        let r = unsafe { uffd.r#move((src.addr() + 1) as *mut c_void, m.page(0), ps, true) };
         assert_invalid(r, Operation::Move);
     });
 }
@@ -262,9 +191,12 @@ fn unaligned_ranges_are_rejected_before_the_kernel() {
 fn zero_length_ranges_are_rejected() {
     hostile(|| {
         let uffd = new_uffd(false);
-        let m = Map::anon(1);
+        let m = Map::anon(page_size());
         let p = m.page(0);
-        assert_eq!(kernel_register(&uffd, m.addr as u64, 0), Err(Errno::EINVAL));
+        assert_eq!(
+            kernel_register(&uffd, m.addr() as u64, 0),
+            Err(Errno::EINVAL)
+        );
         assert_invalid(uffd.register(p, 0), Operation::Register);
         assert_invalid(uffd.unregister(p, 0), Operation::Unregister);
         assert_invalid(uffd.wake(p, 0), Operation::Wake);
@@ -281,7 +213,7 @@ fn ranges_past_the_address_space() {
     hostile(|| {
         let ps = page_size();
         let uffd = new_uffd(false);
-        let src = Map::anon(1);
+        let src = Map::anon(page_size());
         // Wrap-around: caught before the kernel.
         let last = usize::MAX & !(ps - 1);
         for (start, len) in [(last, ps), (last - ps, 4 * ps)] {
@@ -321,9 +253,9 @@ fn ranges_crossing_a_mapping_end() {
     hostile(|| {
         let ps = page_size();
         let uffd = new_uffd(false);
-        let src = Map::anon(2);
+        let src = Map::anon(2 * page_size());
         // Four pages and a guard for the hole that `truncate` leaves.
-        let mut m = Map::anon(5);
+        let mut m = Map::anon(5 * page_size());
         // Register the first two pages only: the VMA is split there.
         uffd.register(m.page(0), 2 * ps).expect("register");
         // A copy that starts in the registered VMA and ends in the unregistered one.
@@ -340,7 +272,7 @@ fn ranges_crossing_a_mapping_end() {
         uffd.unregister(m.page(0), 2 * ps).expect("unregister");
 
         // A range that runs past the end of the mapping into the unmapped hole after it.
-        m.truncate(2);
+        m.truncate_with_guard(2);
         // SAFETY: the range is outside any registered VMA; the kernel refuses it.
         let r = unsafe { uffd.copy(src.page(0), m.page(1), 2 * ps, true) };
         assert_os(r, Operation::Copy, Errno::ENOENT);
@@ -361,8 +293,8 @@ fn unregistered_ranges() {
     hostile(|| {
         let ps = page_size();
         let uffd = new_uffd(false);
-        let m = Map::anon(2);
-        let src = Map::anon(1);
+        let m = Map::anon(2 * page_size());
+        let src = Map::anon(page_size());
         // SAFETY: the kernel refuses: the range is not registered.
         let r = unsafe { uffd.copy(src.page(0), m.page(0), ps, true) };
         assert_os(r, Operation::Copy, Errno::ENOENT);
@@ -406,8 +338,8 @@ fn range_owned_by_another_uffd() {
         let ps = page_size();
         let a = new_uffd(false);
         let b = new_uffd(false);
-        let m = Map::anon(2);
-        let src = Map::anon(1);
+        let m = Map::anon(2 * page_size());
+        let src = Map::anon(page_size());
         a.register(m.page(0), 2 * ps).expect("register with a");
         assert_os(
             b.register(m.page(0), 2 * ps),
@@ -437,7 +369,7 @@ fn range_owned_by_another_uffd() {
                     addr,
                 },
             ) => {
-                assert_eq!(addr, m.addr);
+                assert_eq!(addr, m.addr());
                 assert_eq!(e.errno(), Some(Errno::EEXIST));
             }
             other => panic!("expected AlreadyMapped, got {other:?}"),
@@ -453,7 +385,7 @@ fn copy_from_an_unmapped_source() {
     hostile(|| {
         let ps = page_size();
         let uffd = new_uffd(false);
-        let m = Map::anon(2);
+        let m = Map::anon(2 * page_size());
         uffd.register(m.page(0), 2 * ps).expect("register");
         let (_guards, hole) = unmapped_page();
         for src in [hole, 0, 8 * ps] {
@@ -463,8 +395,8 @@ fn copy_from_an_unmapped_source() {
         }
         // A source that becomes unreadable halfway: the first page is copied, then EFAULT is
         // reported as partial progress.
-        let mut src = Map::anon(3);
-        src.truncate(1);
+        let mut src = Map::anon(3 * page_size());
+        src.truncate_with_guard(1);
         // SAFETY: dst pages are registered and missing; the source's first page is readable.
         let r = unsafe { uffd.copy(src.page(0), m.page(0), 2 * ps, true) };
         match r {
@@ -529,7 +461,7 @@ fn try_from_refuses_files_that_are_not_userfaultfds() {
 fn from_raw_fd_before_the_handshake() {
     hostile(|| {
         let ps = page_size();
-        let m = Map::anon(1);
+        let m = Map::anon(page_size());
         // A real userfaultfd that never had UFFDIO_API.
         let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | sys::UFFD_USER_MODE_ONLY as libc::c_int;
         // SAFETY: userfaultfd(2) takes one integer and returns a new fd or -1.
@@ -590,8 +522,8 @@ fn child_send_uffd(sock: RawFd, addr: usize, len: usize) -> i32 {
 fn operations_after_the_process_exited() {
     hostile(|| {
         let ps = page_size();
-        let m = Map::anon(2);
-        let src = Map::anon(1);
+        let m = Map::anon(2 * page_size());
+        let src = Map::anon(page_size());
         let mut socks = [0 as RawFd; 2];
         // SAFETY: `socks` has room for the two fds.
         let r = unsafe {
@@ -610,7 +542,7 @@ fn operations_after_the_process_exited() {
                 OwnedFd::from_raw_fd(socks[1]),
             )
         };
-        let (addr, len, csock) = (m.addr, 2 * ps, child_sock.as_raw_fd());
+        let (addr, len, csock) = (m.addr(), 2 * ps, child_sock.as_raw_fd());
         // SAFETY: the child only makes async-signal-safe system calls and leaves with _exit.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork: {}", Errno::last());
@@ -664,9 +596,9 @@ fn handler_thread_that_panics() {
     hostile(|| {
         let ps = page_size();
         let uffd = new_uffd(false);
-        let m = Map::anon(1);
+        let m = Map::anon(page_size());
         uffd.register(m.page(0), ps).expect("register");
-        let addr = m.addr;
+        let addr = m.addr();
         let (tx, rx) = mpsc::channel();
         let faulter = thread::spawn(move || {
             // SAFETY: the page is mapped; the read blocks until the fault is resolved.
@@ -698,7 +630,7 @@ fn dropping_a_uffd_wakes_blocked_threads() {
             .expect("probe")
             .contains(FeatureFlags::PAGEFAULT_FLAG_WP);
         let uffd = new_uffd(true);
-        let m = Map::anon(4);
+        let m = Map::anon(4 * page_size());
         let mode = if wp {
             RegisterMode::MISSING | RegisterMode::WRITE_PROTECT
         } else {
@@ -724,7 +656,7 @@ fn dropping_a_uffd_wakes_blocked_threads() {
         let (tx, rx) = mpsc::channel();
         let mut threads = Vec::new();
         for i in 0..expected {
-            let (tx, addr) = (tx.clone(), m.addr + i * ps);
+            let (tx, addr) = (tx.clone(), m.addr() + i * ps);
             threads.push(thread::spawn(move || {
                 let v = if i < 3 {
                     // SAFETY: mapped; blocks on the missing fault.
@@ -745,7 +677,7 @@ fn dropping_a_uffd_wakes_blocked_threads() {
         }
         seen.sort_by_key(|&(_, a)| a);
         for (i, &(kind, a)) in seen.iter().enumerate() {
-            assert_eq!(a, m.addr + i * ps);
+            assert_eq!(a, m.addr() + i * ps);
             let want = if i < 3 {
                 FaultKind::Missing
             } else {

@@ -24,6 +24,7 @@ use std::thread;
 use std::time::Duration;
 
 use libc::c_void;
+use test_kit::mapping::Map;
 use userfaultfd::{
     Error, Event, EventBuffer, FaultKind, FeatureFlags, RegisterMode, Uffd, UffdBuilder,
 };
@@ -41,71 +42,18 @@ const POISON_PAGES: usize = 64;
 /// How long the handler waits for the next message before it declares the test stuck.
 const STALL: Duration = Duration::from_secs(30);
 
-/// An anonymous or shared mapping, unmapped on drop (the `mmap` crate is not needed here).
-struct Map {
-    ptr: *mut u8,
-    len: usize,
+/// Private anonymous memory of `len` bytes (`MADV_NOHUGEPAGE`: every page faults on its own).
+fn anon(len: usize) -> Map {
+    let m = Map::anon(len);
+    m.no_huge_pages().expect("madvise");
+    m
 }
 
-// SAFETY: `Map` only owns an address range; the raw pointer is not used to create references,
-// and every access to the memory goes through volatile reads/writes or the kernel.
-unsafe impl Send for Map {}
-// SAFETY: as for `Send`.
-unsafe impl Sync for Map {}
-
-impl Map {
-    fn new(len: usize, flags: libc::c_int, fd: libc::c_int) -> Map {
-        // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED): it cannot alias memory
-        // this program uses.
-        let p = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(
-            p,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: the range was just mapped by this call.
-        let r = unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
-        assert_eq!(r, 0);
-        Map { ptr: p.cast(), len }
-    }
-
-    fn anon(len: usize) -> Map {
-        Map::new(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)
-    }
-
-    fn page(&self, i: usize) -> *mut c_void {
-        self.ptr.wrapping_add(i * PAGE).cast()
-    }
-
-    /// Writes `fill(i)` into the first byte of page `i`, for every page.
-    fn fill(&self, fill: impl Fn(usize) -> u8) {
-        for i in 0..self.len / PAGE {
-            // SAFETY: page `i` lies inside this live mapping.
-            unsafe { ptr::write_volatile(self.page(i).cast::<u8>(), fill(i)) };
-        }
-    }
-
-    fn byte(&self, i: usize) -> u8 {
-        // SAFETY: page `i` lies inside this live mapping.
-        unsafe { ptr::read_volatile(self.page(i).cast::<u8>()) }
-    }
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: the range was mapped in `new` and nothing refers to it after drop.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
+/// `MAP_SHARED` of the memfd `fd` (`MADV_NOHUGEPAGE`).
+fn shared(len: usize, fd: libc::c_int) -> Map {
+    let m = Map::try_new(len, libc::MAP_SHARED, fd).expect("mmap");
+    m.no_huge_pages().expect("madvise");
+    m
 }
 
 fn copy_byte(i: usize) -> u8 {
@@ -135,8 +83,10 @@ fn fault_hot_path_does_not_allocate() {
         .create()
     {
         Ok(u) => u,
-        Err(Error::Unsupported { .. }) => {
-            eprintln!("skipped: no userfaultfd");
+        Err(e @ Error::Unsupported { .. }) => {
+            test_kit::report::skip(format!(
+                "no userfaultfd in this kernel: {e} (CONFIG_USERFAULTFD)"
+            ));
             return;
         }
         Err(e) => panic!("create: {e}"),
@@ -145,14 +95,13 @@ fn fault_hot_path_does_not_allocate() {
     // --- Setup, outside the window. ---
     let len = PAGES * PAGE;
     // Anonymous MISSING: pages resolved by copy (i % 3 == 0), zeropage (1) and move (2).
-    let missing = Map::anon(len);
-    uffd.register(missing.ptr.cast(), len)
-        .expect("register MISSING");
-    let copy_src = Map::anon(PAGE);
-    copy_src.fill(|_| 0);
-    let copy_src_page = copy_src.ptr as usize;
-    let move_src = Map::anon(len);
-    move_src.fill(move_byte);
+    let missing = anon(len);
+    uffd.register(missing.ptr(), len).expect("register MISSING");
+    let copy_src = anon(PAGE);
+    copy_src.fill_pages(|_| 0);
+    let copy_src_page = copy_src.addr();
+    let move_src = anon(len);
+    move_src.fill_pages(move_byte);
 
     // memfd MINOR: filled through an unregistered view, resolved with CONTINUE.
     // SAFETY: the name is a NUL-terminated string; memfd_create returns a new fd or -1.
@@ -160,27 +109,26 @@ fn fault_hot_path_does_not_allocate() {
     assert!(memfd >= 0, "memfd_create");
     // SAFETY: `memfd` is the fd just created.
     assert_eq!(unsafe { libc::ftruncate(memfd, len as libc::off_t) }, 0);
-    let minor = Map::new(len, libc::MAP_SHARED, memfd);
-    let filler = Map::new(len, libc::MAP_SHARED, memfd);
-    filler.fill(shm_byte);
-    uffd.register_with_mode(minor.ptr.cast(), len, RegisterMode::MINOR)
+    let minor = shared(len, memfd);
+    let filler = shared(len, memfd);
+    filler.fill_pages(shm_byte);
+    uffd.register_with_mode(minor.ptr(), len, RegisterMode::MINOR)
         .expect("register MINOR");
 
     // Anonymous WP: populated, then write-protected; writes fault until unprotected.
-    let wp = Map::anon(len);
-    wp.fill(|_| 0xee);
-    uffd.register_with_mode(wp.ptr.cast(), len, RegisterMode::WRITE_PROTECT)
+    let wp = anon(len);
+    wp.fill_pages(|_| 0xee);
+    uffd.register_with_mode(wp.ptr(), len, RegisterMode::WRITE_PROTECT)
         .expect("register WP");
-    uffd.write_protect(wp.ptr.cast(), len)
-        .expect("write_protect");
+    uffd.write_protect(wp.ptr(), len).expect("write_protect");
 
     // Missing pages poisoned without any fault.
-    let poisoned = Map::anon(POISON_PAGES * PAGE);
-    uffd.register(poisoned.ptr.cast(), POISON_PAGES * PAGE)
+    let poisoned = anon(POISON_PAGES * PAGE);
+    uffd.register(poisoned.ptr(), POISON_PAGES * PAGE)
         .expect("register poison range");
 
     let mut buf = EventBuffer::new(64);
-    let (m_addr, n_addr, w_addr) = (missing.ptr as usize, minor.ptr as usize, wp.ptr as usize);
+    let (m_addr, n_addr, w_addr) = (missing.addr(), minor.addr(), wp.addr());
     let toucher = thread::spawn(move || {
         let mut sum = 0u64;
         for i in 0..PAGES {
@@ -276,12 +224,16 @@ fn fault_hot_path_does_not_allocate() {
             1 => 0,
             _ => move_byte(i),
         };
-        assert_eq!(missing.byte(i), want, "missing page {i}");
-        assert_eq!(minor.byte(i), shm_byte(i), "minor page {i}");
-        assert_eq!(wp.byte(i), i as u8, "wp page {i}");
+        assert_eq!(missing.page_byte(i), want, "missing page {i}");
+        assert_eq!(minor.page_byte(i), shm_byte(i), "minor page {i}");
+        assert_eq!(wp.page_byte(i), i as u8, "wp page {i}");
         expect += u64::from(want) + u64::from(shm_byte(i));
         if i % 3 == 2 {
-            assert_eq!(move_src.byte(i), 0, "moved-out source page {i} is a hole");
+            assert_eq!(
+                move_src.page_byte(i),
+                0,
+                "moved-out source page {i} is a hole"
+            );
         }
     }
     assert_eq!(sum, expect, "bytes the toucher read");

@@ -142,10 +142,10 @@ fn hugetlb_regions_are_served_in_huge_pages() {
     let pages = 4;
     let free = mmap::HugePageSize::Size2MiB.free_pages().unwrap_or(0);
     if free < pages as u64 + 2 {
-        println!(
-            "SKIPPED hugetlb_regions_are_served_in_huge_pages: {free} free 2 MiB huge pages \
-             (run `sysctl -w vm.nr_hugepages=128`)"
-        );
+        test_kit::report::skip(format!(
+            "needs {} free 2 MiB huge pages, {free} free (sysctl -w vm.nr_hugepages=128)",
+            pages + 2
+        ));
         return;
     }
     let m = match mmap::MemoryMappingBuilder::new(pages * huge)
@@ -155,7 +155,9 @@ fn hugetlb_regions_are_served_in_huge_pages() {
     {
         Ok(m) => Arc::new(m),
         Err(e) => {
-            println!("SKIPPED hugetlb_regions_are_served_in_huge_pages: {e}");
+            test_kit::report::skip(format!(
+                "hugetlb mapping failed: {e} (sysctl -w vm.nr_hugepages=128)"
+            ));
             return;
         }
     };
@@ -1074,6 +1076,9 @@ fn minor_regions_map_the_page_cache_and_copy_only_its_holes() {
 
 #[test]
 fn a_forked_child_is_served_through_on_fork() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::CapSysPtrace) {
+        return;
+    }
     let page = ps();
     let pages = 64;
     let uffd = match UffdBuilder::new()
@@ -1083,7 +1088,7 @@ fn a_forked_child_is_served_through_on_fork() {
     {
         Ok(u) => u,
         Err(e) => {
-            println!("SKIPPED a_forked_child_is_served_through_on_fork: EVENT_FORK: {e}");
+            test_kit::report::skip(format!("EVENT_FORK refused: {e}"));
             return;
         }
     };

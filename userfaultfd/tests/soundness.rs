@@ -156,6 +156,9 @@ fn sigbus_feature_refuses_raw_registration() {
 
 #[test]
 fn without_sigbus_raw_registration_stays_safe() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = common::uffd();
     let m = Map::anon(2 * ps);
@@ -170,6 +173,9 @@ fn without_sigbus_raw_registration_stays_safe() {
 
 #[test]
 fn unsupported_ioctls_keep_an_earlier_registration() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let uffd = UffdBuilder::new()
         .non_blocking(true)
@@ -361,6 +367,9 @@ fn auto_falls_back_to_the_syscall_when_the_device_ioctl_is_refused() {
         println!("SKIPPED {NAME}: no /dev/userfaultfd (Linux 6.1) on this machine");
         return;
     }
+    if !test_kit::privilege::require(test_kit::privilege::Need::Device) {
+        return;
+    }
     if !common::is_child(CHILD_ENV, NAME) {
         let (status, out) = common::run_child(CHILD_ENV, NAME);
         assert!(status.success(), "child: {status:?}\n{out}");
@@ -395,6 +404,9 @@ fn auto_falls_back_to_the_syscall_when_the_device_ioctl_is_refused() {
 
 #[test]
 fn a_converted_fd_serves_faults() {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let ps = ps();
     let fd: OwnedFd = common::uffd().into();
     let uffd = Uffd::try_from(fd).unwrap();

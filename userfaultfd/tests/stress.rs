@@ -1,16 +1,13 @@
 //! Stress in the style of the kernel's `uffd-stress`: concurrent locking, fault-handling and
 //! background-copy threads over anonymous, shmem (memfd `MAP_SHARED`) and hugetlb memory, with
 //! and without write-protect; every page counter must equal its shadow copy at the end. The
-//! engine is `stress_common/mod.rs`, shared with the long-running `uffd-stress` command
+//! engine is `test_kit::stress`, shared with the long-running `uffd-stress` command
 //! (`cargo run --release -p examples --bin uffd-stress -- --bounces N --mib M`).
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-#[allow(dead_code)]
-mod stress_common;
-
-use stress_common::{run_bounded, Config, MemKind, Outcome};
+use test_kit::stress::{run_bounded, Config, MemKind, Outcome};
 
 /// Sizes small enough for a debug build on 2 CPUs; the command does the long runs.
 fn config(kind: MemKind, wp: bool) -> Config {
@@ -31,6 +28,9 @@ fn config(kind: MemKind, wp: bool) -> Config {
 static HUGETLB: Mutex<()> = Mutex::new(());
 
 fn stress(kind: MemKind, wp: bool) {
+    if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
+        return;
+    }
     let cfg = config(kind, wp);
     let _turn =
         (kind == MemKind::Hugetlb).then(|| HUGETLB.lock().unwrap_or_else(|p| p.into_inner()));
@@ -44,7 +44,7 @@ fn stress(kind: MemKind, wp: bool) {
                 assert!(r.wp_faults > 0, "no write-protect fault: {r:?}");
             }
         }
-        Ok(Outcome::Skipped(why)) => println!("SKIPPED {kind:?} wp={wp}: {why}"),
+        Ok(Outcome::Skipped(why)) => test_kit::report::skip(format!("{kind:?} wp={wp}: {why}")),
         Err(e) => panic!("{kind:?} wp={wp}: {e}"),
     }
 }

@@ -19,26 +19,31 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use examples::{fail, finish, page_size, wait_readable, Args, Rng, StopSignal, Wait};
+use clap::Parser;
+use test_kit::args::{self, number_in};
+use test_kit::exit::{fail, finish};
+use test_kit::page_size;
+use test_kit::rng::Rng;
+use test_kit::wait::{wait_readable, StopSignal, Wait};
 use userfaultfd::mmap::{MemoryMapping, MemoryMappingBuilder};
 use userfaultfd::{
     Event, EventBuffer, FaultKind, FeatureFlags, PageMap, PageRegion, RegisterMode, Uffd,
     UffdBuilder,
 };
 
-const USAGE: &str = "\
-usage: dirty-tracking [--pages N] [--rounds R] [--writes W]
-
-Collects the pages a worker thread writes, in rounds, with synchronous write-protect faults
-and with WP_ASYNC + PAGEMAP_SCAN, and checks both against what the worker wrote.
-
-  --pages N    size of the tracked region in pages (default 2048)
-  --rounds R   rounds per method (default 4)
-  --writes W   random page writes per round (default 400)";
-
+/// Collects the pages a worker thread writes, in rounds, with synchronous write-protect faults
+/// and with WP_ASYNC + PAGEMAP_SCAN, and checks both against what the worker wrote.
+#[derive(Parser, Debug)]
+#[command(name = "dirty-tracking", allow_negative_numbers = true)]
 struct Config {
+    /// Size of the tracked region in pages.
+    #[arg(long, value_name = "N", default_value_t = 2048, value_parser = number_in(1usize, 1 << 20))]
     pages: usize,
+    /// Rounds per method.
+    #[arg(long, value_name = "R", default_value_t = 4, value_parser = number_in(1usize, 1000))]
     rounds: usize,
+    /// Random page writes per round.
+    #[arg(long, value_name = "W", default_value_t = 400, value_parser = number_in(1usize, 1 << 24))]
     writes: usize,
 }
 
@@ -272,19 +277,5 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let mut args = Args::from_env(USAGE);
-    let mut cfg = Config {
-        pages: 2048,
-        rounds: 4,
-        writes: 400,
-    };
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--pages" => cfg.pages = args.value_in("--pages", 1, 1 << 20),
-            "--rounds" => cfg.rounds = args.value_in("--rounds", 1, 1000),
-            "--writes" => cfg.writes = args.value_in("--writes", 1, 1 << 24),
-            _ => args.unknown(&a),
-        }
-    }
-    finish("dirty-tracking", run(cfg))
+    finish("dirty-tracking", run(args::parse()))
 }

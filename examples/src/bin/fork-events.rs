@@ -23,17 +23,21 @@ use std::process::ExitCode;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use examples::{
-    fail, fill_page, finish, no_huge_pages, page_size, pattern_word, wait_child, wait_readable,
-    Args, StopSignal, Wait,
-};
+use clap::Parser;
+use test_kit::args;
+use test_kit::child::wait_child;
+use test_kit::exit::{fail, finish};
+use test_kit::mapping::no_huge_pages;
+use test_kit::page_size;
+use test_kit::pattern::{fill_page, pattern_word};
+use test_kit::wait::{wait_readable, StopSignal, Wait};
 use userfaultfd::{Error, Event, EventBuffer, FeatureFlags, Operation, Uffd, UffdBuilder};
 
-const USAGE: &str = "\
-usage: fork-events
-
-Follows fork, mremap, madvise(MADV_DONTNEED) and munmap of a workload with userfaultfd's
-non-cooperative events (needs CAP_SYS_PTRACE for EVENT_FORK). Takes no arguments.";
+/// Follows fork, mremap, madvise(MADV_DONTNEED) and munmap of a workload with userfaultfd's
+/// non-cooperative events (needs CAP_SYS_PTRACE for EVENT_FORK). Takes no arguments.
+#[derive(Parser, Debug)]
+#[command(name = "fork-events")]
+struct Cli {}
 
 const SEED: u64 = 0xf0_4b;
 const PAGES: usize = 16;
@@ -430,9 +434,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let mut args = Args::from_env(USAGE);
-    if let Some(a) = args.next() {
-        args.unknown(&a);
-    }
+    let Cli {} = args::parse();
     finish("fork-events", run())
 }

@@ -18,55 +18,38 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use examples::{
-    check_page, fail, finish, mb_per_s, page_size, write_pattern_file, Args, Rng, TempFile,
-};
+use clap::Parser;
+use test_kit::args::{self, number_in};
+use test_kit::exit::{fail, finish};
+use test_kit::measure::mb_per_s;
+use test_kit::page_size;
+use test_kit::pattern::{check_page, write_pattern_file};
+use test_kit::rng::Rng;
+use test_kit::temp::TempFile;
 use userfaultfd::mmap::{MemoryMapping, MemoryMappingBuilder};
 use userfaultfd::serve::{MappedFileSource, Region, ServerBuilder};
 use userfaultfd::{Error, Uffd, UffdBuilder};
-
-const USAGE: &str = "\
-usage: lazy-restore [--size MIB] [--snapshot FILE] [--threads N]
-
-Restores a memory snapshot lazily with userfaultfd and the userfaultfd::serve runtime:
-every page is served from the snapshot on its first touch (with the rest of its chunk),
-background fill copies the rest, then every byte is verified against the snapshot.
-
-  --size MIB       size of the generated snapshot (default 256)
-  --snapshot FILE  restore FILE instead of a generated snapshot
-  --threads N      fault handler threads (default 1)";
 
 /// How long the restore may take before the run counts as stuck.
 const TIMEOUT: Duration = Duration::from_secs(120);
 const SEED: u64 = 0x5eed_1e55;
 
+/// Restores a memory snapshot lazily with userfaultfd and the userfaultfd::serve runtime: every
+/// page is served from the snapshot on its first touch (with the rest of its chunk), background
+/// fill copies the rest, then every byte is verified against the snapshot.
+#[derive(Parser, Debug)]
+#[command(name = "lazy-restore", allow_negative_numbers = true)]
 struct Config {
+    /// Size of the generated snapshot in MiB [default: 256].
+    #[arg(long = "size", value_name = "MIB", value_parser = number_in(1usize, 1 << 16),
+          conflicts_with = "snapshot")]
     size_mib: Option<usize>,
+    /// Restore FILE instead of a generated snapshot (its size is the restore's size).
+    #[arg(long, value_name = "FILE")]
     snapshot: Option<PathBuf>,
+    /// Fault handler threads.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = number_in(1usize, 64))]
     threads: usize,
-}
-
-fn parse() -> Config {
-    let mut args = Args::from_env(USAGE);
-    let mut cfg = Config {
-        size_mib: None,
-        snapshot: None,
-        threads: 1,
-    };
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--size" => cfg.size_mib = Some(args.value_in("--size", 1, 1 << 16)),
-            "--snapshot" => cfg.snapshot = Some(args.value("--snapshot")),
-            "--threads" => cfg.threads = args.value_in("--threads", 1, 64),
-            _ => args.unknown(&a),
-        }
-    }
-    if cfg.size_mib.is_some() && cfg.snapshot.is_some() {
-        args.usage_error(
-            "--size applies to the generated snapshot; --snapshot FILE uses the file's size",
-        );
-    }
-    cfg
 }
 
 fn create_uffd() -> Result<Uffd, Error> {
@@ -245,6 +228,6 @@ fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let cfg = parse();
+    let cfg: Config = args::parse();
     finish("lazy-restore", run(cfg))
 }

@@ -9,15 +9,23 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use examples::{fail, finish, page_size, wait_readable, Args, Wait};
+use clap::Parser;
+use test_kit::args::{self, number_in};
+use test_kit::exit::{fail, finish};
+use test_kit::page_size;
+use test_kit::wait::{wait_readable, Wait};
 use userfaultfd::mmap::MemoryMappingBuilder;
 use userfaultfd::{Error, Event, Uffd, UffdBuilder};
 
-const USAGE: &str = "\
-usage: manpage [NUM_PAGES]
-
-The userfaultfd(2) man-page example: a handler thread serves missing-page faults on
-NUM_PAGES pages (default 3, at most 1000) by copying in a page filled with a letter.";
+/// The userfaultfd(2) man-page example: a handler thread serves missing-page faults by copying
+/// in a page filled with a letter.
+#[derive(Parser, Debug)]
+#[command(name = "manpage", allow_negative_numbers = true)]
+struct Cli {
+    /// Pages to fault in.
+    #[arg(value_name = "NUM_PAGES", default_value_t = 3, value_parser = number_in(1usize, 1000))]
+    pages: usize,
+}
 
 /// The handler thread: until `pages` pages are in, poll, read one event, copy a page in.
 fn serve(uffd: &Uffd, pages: usize, ps: usize) -> Result<usize, String> {
@@ -112,18 +120,6 @@ fn run(pages: usize) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let mut args = Args::from_env(USAGE);
-    let mut pages = 3;
-    if let Some(a) = args.next() {
-        pages = match a.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => n,
-            _ => args.usage_error(&format!(
-                "NUM_PAGES must be a number from 1 to 1000, not {a:?}"
-            )),
-        };
-    }
-    if let Some(a) = args.next() {
-        args.unknown(&a);
-    }
-    finish("manpage", run(pages))
+    let cli: Cli = args::parse();
+    finish("manpage", run(cli.pages))
 }

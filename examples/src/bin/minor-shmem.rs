@@ -11,21 +11,26 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use examples::{
-    check_page, fail, fill_page, finish, page_size, wait_readable, Args, StopSignal, Wait,
-};
+use clap::Parser;
+use test_kit::args::{self, number_in};
+use test_kit::exit::{fail, finish};
+use test_kit::page_size;
+use test_kit::pattern::{check_page, fill_page};
+use test_kit::wait::{wait_readable, StopSignal, Wait};
 use userfaultfd::mmap::{MemoryMapping, SharedMemory};
 use userfaultfd::{
     Error, Event, EventBuffer, FaultKind, FeatureFlags, IoctlFlags, RegisterMode, Uffd, UffdBuilder,
 };
 
-const USAGE: &str = "\
-usage: minor-shmem [--pages N]
-
-A memfd mapped twice; faults on the registered view are MINOR faults, the handler updates
-the page through the other view and resolves them with UFFDIO_CONTINUE.
-
-  --pages N   pages of shared memory (default 256)";
+/// A memfd mapped twice; faults on the registered view are MINOR faults, the handler updates
+/// the page through the other view and resolves them with UFFDIO_CONTINUE.
+#[derive(Parser, Debug)]
+#[command(name = "minor-shmem", allow_negative_numbers = true)]
+struct Cli {
+    /// Pages of shared memory.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = number_in(1usize, 1 << 20))]
+    pages: usize,
+}
 
 const STALE_SEED: u64 = 1;
 const FRESH_SEED: u64 = 2;
@@ -148,13 +153,6 @@ fn run(pages: usize) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let mut args = Args::from_env(USAGE);
-    let mut pages = 256;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--pages" => pages = args.value_in("--pages", 1, 1 << 20),
-            _ => args.unknown(&a),
-        }
-    }
-    finish("minor-shmem", run(pages))
+    let cli: Cli = args::parse();
+    finish("minor-shmem", run(cli.pages))
 }

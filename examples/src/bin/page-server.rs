@@ -13,31 +13,53 @@
 //! path, fault latency, requests) and verifies the whole image.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, ToSocketAddrs};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use examples::{check_page, fail, fill_page, finish, mb_per_s, page_size, wait_child, Args, Rng};
+use clap::Parser;
+use test_kit::args::{self, number_in};
+use test_kit::child::wait_child;
+use test_kit::exit::{fail, finish};
+use test_kit::measure::mb_per_s;
+use test_kit::page_size;
+use test_kit::pattern::{check_page, fill_page};
+use test_kit::rng::Rng;
 use userfaultfd::mmap::MemoryMappingBuilder;
 use userfaultfd::serve::{PageSource, Region, ServerBuilder, TcpImageServer, TcpSource};
 use userfaultfd::UffdBuilder;
 
-const USAGE: &str = "\
-usage: page-server [--pages N] [--prefetch K]
-       page-server --serve [--pages N]
-       page-server --connect HOST:PORT [--prefetch K]
+/// Post-copy over TCP: a server process holds a memory image; the client registers an empty
+/// region with userfaultfd and pulls pages on demand, with prefetch of neighbouring pages.
+/// With no arguments it starts a server process (--serve) on 127.0.0.1 and connects to it.
+#[derive(Parser, Debug)]
+#[command(name = "page-server", allow_negative_numbers = true)]
+struct Cli {
+    /// Image size in pages.
+    #[arg(long, value_name = "N", default_value_t = 8192, value_parser = number_in(1usize, 1 << 22))]
+    pages: usize,
+    /// Pages fetched per fault, the faulting one included: the fault's aligned chunk of K
+    /// pages, K rounded down to a power of two.
+    #[arg(long, value_name = "K", default_value_t = 16, value_parser = number_in(1usize, 1024))]
+    prefetch: usize,
+    /// Be the server: print "listening on ADDR" and serve one client (until all of its
+    /// connections are closed).
+    #[arg(long, conflicts_with = "connect")]
+    serve: bool,
+    /// Be only the client of a server started with --serve.
+    #[arg(long, value_name = "HOST:PORT", value_parser = socket_addr)]
+    connect: Option<String>,
+}
 
-Post-copy over TCP: a server process holds a memory image; the client registers an empty
-region with userfaultfd and pulls pages on demand, with prefetch of neighbouring pages.
-With no arguments it starts a server process (--serve) on 127.0.0.1 and connects to it.
-
-  --pages N      image size in pages (default 8192)
-  --prefetch K   pages fetched per fault, the faulting one included: the fault's aligned
-                 chunk of K pages, K rounded down to a power of two (default 16)
-  --serve        be the server: print \"listening on ADDR\" and serve one client
-                 (until all of its connections are closed)
-  --connect ADDR be only the client of a server started with --serve";
+/// A `--connect` address: `HOST:PORT` that resolves.
+fn socket_addr(s: &str) -> Result<String, String> {
+    match s.to_socket_addrs().map(|mut addrs| addrs.next()) {
+        Ok(Some(_)) => Ok(s.to_string()),
+        Ok(None) => Err(format!("{s:?} resolves to no address")),
+        Err(e) => Err(format!("expected HOST:PORT, not {s:?} ({e})")),
+    }
+}
 
 const SEED: u64 = 0x9a9e;
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -237,29 +259,13 @@ fn spawn_and_run(pages: usize, prefetch: usize) -> Result<(), Box<dyn std::error
 }
 
 fn main() -> ExitCode {
-    let mut args = Args::from_env(USAGE);
-    let mut pages = 8192;
-    let mut prefetch = 16;
-    let mut serve_mode = false;
-    let mut connect: Option<String> = None;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--pages" => pages = args.value_in("--pages", 1, 1 << 22),
-            "--prefetch" => prefetch = args.value_in("--prefetch", 1, 1024),
-            "--serve" => serve_mode = true,
-            "--connect" => connect = Some(args.value("--connect")),
-            _ => args.unknown(&a),
-        }
-    }
-    if serve_mode && connect.is_some() {
-        args.usage_error("--serve and --connect exclude each other");
-    }
-    let r = if serve_mode {
-        serve(pages)
-    } else if let Some(addr) = connect {
-        client(&addr, prefetch)
+    let cli: Cli = args::parse();
+    let r = if cli.serve {
+        serve(cli.pages)
+    } else if let Some(addr) = cli.connect {
+        client(&addr, cli.prefetch)
     } else {
-        spawn_and_run(pages, prefetch)
+        spawn_and_run(cli.pages, cli.prefetch)
     };
     finish("page-server", r)
 }

@@ -9,19 +9,24 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use examples::{page_size, Args};
+use clap::Parser;
+use test_kit::args;
+use test_kit::exit::EXIT_FAILURE;
+use test_kit::page_size;
 use userfaultfd::mmap::{HugePageSize, MemoryMapping, MemoryMappingBuilder, SharedMemory};
 use userfaultfd::{
     CreationMethod, Error, FeatureFlags, IoctlFlags, RegisterMode, Uffd, UffdBuilder,
 };
 
-const USAGE: &str = "\
-usage: uffd-probe [--json]
-
-Reports what userfaultfd can do here: kernel, sysctl, /dev/userfaultfd, creation methods,
-features, the ioctls of registrations on anonymous, shmem and hugetlb memory, huge pages.
-
-  --json   machine-readable output";
+/// Reports what userfaultfd can do here: kernel, sysctl, /dev/userfaultfd, creation methods,
+/// features, the ioctls of registrations on anonymous, shmem and hugetlb memory, huge pages.
+#[derive(Parser, Debug)]
+#[command(name = "uffd-probe")]
+struct Cli {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
 
 /// The kernel version that introduced each feature (x86_64).
 fn feature_since(name: &str) -> &'static str {
@@ -115,14 +120,7 @@ fn ioctl_names(f: IoctlFlags) -> Vec<&'static str> {
 }
 
 fn main() -> ExitCode {
-    let mut args = Args::from_env(USAGE);
-    let mut json = false;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--json" => json = true,
-            _ => args.unknown(&a),
-        }
-    }
+    let Cli { json } = args::parse();
 
     let kernel = read_trim("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".into());
     let sysctl = read_trim("/proc/sys/vm/unprivileged_userfaultfd");
@@ -445,7 +443,7 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         eprintln!("uffd-probe: userfaultfd is not usable here (see above)");
-        ExitCode::from(examples::EXIT_FAILURE)
+        ExitCode::from(EXIT_FAILURE)
     }
 }
 

@@ -17,14 +17,51 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-#[allow(dead_code)]
-#[path = "../../../userfaultfd/tests/stress_common/mod.rs"]
-mod stress_common;
+use clap::{Parser, ValueEnum};
+use test_kit::args::{self, number_in};
+use test_kit::stress::{run_bounded, Config, MemKind, Outcome};
 
-use stress_common::{run_bounded, Config, MemKind, Outcome};
+/// The long version of the stress test: locking threads race handler and background-copy
+/// threads over bounced areas; every page counter must equal its shadow at the end.
+#[derive(Parser, Debug)]
+#[command(name = "uffd-stress", allow_negative_numbers = true)]
+struct Cli {
+    /// Bounces of each run.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = number_in(1usize, 1 << 20))]
+    bounces: usize,
+    /// Size of each area in MiB.
+    #[arg(long, value_name = "M", default_value_t = 64, value_parser = number_in(1usize, 1 << 16))]
+    mib: usize,
+    /// The memory to run on.
+    #[arg(long, value_enum, default_value_t = Mem::All)]
+    mem: Mem,
+    /// Runs with write-protect, without, or both.
+    #[arg(long, value_enum, default_value_t = Wp::Both)]
+    wp: Wp,
+    /// Threads of each kind (default: the CPU count).
+    #[arg(long, value_name = "T", value_parser = number_in(1usize, 1024))]
+    threads: Option<usize>,
+    /// Lock operations per bounce.
+    #[arg(long, value_name = "K", default_value_t = 10_000, value_parser = number_in(1usize, 1 << 30))]
+    ops: usize,
+}
 
-const USAGE: &str = "usage: uffd-stress [--bounces N] [--mib M] [--mem anon|shmem|hugetlb|all] \
-[--wp on|off|both] [--threads T] [--ops K]";
+/// `--mem`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mem {
+    Anon,
+    Shmem,
+    Hugetlb,
+    All,
+}
+
+/// `--wp`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Wp {
+    On,
+    Off,
+    Both,
+}
 
 /// How often a running configuration reports that it is still running.
 const TICK: Duration = Duration::from_secs(5);
@@ -48,55 +85,23 @@ fn with_progress<T>(label: &str, f: impl FnOnce() -> T) -> T {
     })
 }
 
-fn usage(msg: &str) -> ! {
-    eprintln!("uffd-stress: {msg}\n{USAGE}");
-    std::process::exit(2);
-}
-
-fn num(v: Option<String>, flag: &str) -> usize {
-    v.and_then(|s| s.parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .unwrap_or_else(|| usage(&format!("{flag} needs a positive number")))
-}
-
 fn main() -> ExitCode {
-    let mut bounces = 64;
-    let mut mib = 64;
-    let mut kinds = vec![MemKind::Anon, MemKind::Shmem, MemKind::Hugetlb];
-    let mut wps = vec![false, true];
-    let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut ops = 10_000;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--bounces" => bounces = num(args.next(), "--bounces"),
-            "--mib" => mib = num(args.next(), "--mib"),
-            "--threads" => threads = num(args.next(), "--threads"),
-            "--ops" => ops = num(args.next(), "--ops"),
-            "--mem" => {
-                kinds = match args.next().as_deref() {
-                    Some("anon") => vec![MemKind::Anon],
-                    Some("shmem") => vec![MemKind::Shmem],
-                    Some("hugetlb") => vec![MemKind::Hugetlb],
-                    Some("all") => vec![MemKind::Anon, MemKind::Shmem, MemKind::Hugetlb],
-                    _ => usage("--mem takes anon, shmem, hugetlb or all"),
-                }
-            }
-            "--wp" => {
-                wps = match args.next().as_deref() {
-                    Some("on") => vec![true],
-                    Some("off") => vec![false],
-                    Some("both") => vec![false, true],
-                    _ => usage("--wp takes on, off or both"),
-                }
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            other => usage(&format!("unknown argument {other}")),
-        }
-    }
+    let cli: Cli = args::parse();
+    let (bounces, mib, ops) = (cli.bounces, cli.mib, cli.ops);
+    let threads = cli
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let kinds = match cli.mem {
+        Mem::Anon => vec![MemKind::Anon],
+        Mem::Shmem => vec![MemKind::Shmem],
+        Mem::Hugetlb => vec![MemKind::Hugetlb],
+        Mem::All => vec![MemKind::Anon, MemKind::Shmem, MemKind::Hugetlb],
+    };
+    let wps = match cli.wp {
+        Wp::On => vec![true],
+        Wp::Off => vec![false],
+        Wp::Both => vec![false, true],
+    };
     let runs = kinds.len() * wps.len();
     println!(
         "uffd-stress: {runs} run(s) ({kinds:?} x wp {wps:?}), each {mib} MiB bounced {bounces} \

@@ -180,16 +180,18 @@ pub fn closed_fd() -> std::os::fd::RawFd {
     fd
 }
 
-/// Whether `count` huge pages of 2 MiB are free; prints why a test is skipped if not.
-pub fn have_huge_pages(test: &str, count: u64) -> bool {
+/// Whether `count` huge pages of 2 MiB are free; records a skip with the reason if not.
+pub fn have_huge_pages(count: u64) -> bool {
     match mmap::HugePageSize::Size2MiB.free_pages() {
         Some(n) if n >= count => true,
         Some(n) => {
-            eprintln!("SKIPPED {test}: needs {count} free 2 MiB huge pages, {n} free (sysctl vm.nr_hugepages=128)");
+            test_kit::report::skip(format!(
+                "needs {count} free 2 MiB huge pages, {n} free (sysctl -w vm.nr_hugepages=128)"
+            ));
             false
         }
         None => {
-            eprintln!("SKIPPED {test}: no 2 MiB hugetlb pool on this kernel");
+            test_kit::report::skip("no 2 MiB hugetlb pool on this kernel (CONFIG_HUGETLBFS)");
             false
         }
     }

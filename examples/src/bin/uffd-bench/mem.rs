@@ -1,79 +1,43 @@
-//! Memory for the scenarios: mappings made with `mmap(2)` directly (so the timed part issues the
-//! same system calls as the C comparison program), the byte pattern, and verification.
+//! Memory for the scenarios: mappings made with `mmap(2)` directly (`test_kit::mapping::Map`, so
+//! the timed part issues the same system calls as the C comparison program), the byte pattern,
+//! and verification.
 
 use std::ptr;
 
-use libc::c_void;
+use test_kit::mapping::Map;
 
 /// The page size the benchmark is defined for.
 pub const PAGE: usize = 4096;
 const WORDS: usize = PAGE / 8;
 
-/// A mapping owned by the benchmark, unmapped on drop. `MADV_NOHUGEPAGE` is applied, so every
-/// page faults on its own.
-pub struct Map {
-    ptr: *mut u8,
-    len: usize,
+/// Private anonymous memory of `len` bytes, not populated, with `MADV_NOHUGEPAGE` (so every page
+/// faults on its own).
+pub fn anon(len: usize) -> Result<Map, String> {
+    no_huge(Map::try_anon(len).map_err(|e| format!("mmap: {e}"))?)
 }
 
-// SAFETY: `Map` owns an address range; nothing creates Rust references into it (all access is
-// volatile or by the kernel), so sharing the address between threads is sound.
-unsafe impl Send for Map {}
-// SAFETY: as for `Send`.
-unsafe impl Sync for Map {}
+/// A shared mapping of the whole of `fd` (a memfd of at least `len` bytes), `MADV_NOHUGEPAGE`.
+pub fn shared(fd: libc::c_int, len: usize) -> Result<Map, String> {
+    no_huge(Map::try_new(len, libc::MAP_SHARED, fd).map_err(|e| format!("mmap: {e}"))?)
+}
 
-impl Map {
-    fn new(len: usize, flags: libc::c_int, fd: libc::c_int) -> Result<Map, String> {
-        // SAFETY: a new mapping placed by the kernel (no MAP_FIXED) cannot alias memory in use.
-        let p = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
-        }
-        let map = Map { ptr: p.cast(), len };
-        // SAFETY: the range was just mapped by this call and is owned by `map`.
-        if unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) } != 0 {
-            return Err(format!("madvise: {}", std::io::Error::last_os_error()));
-        }
-        Ok(map)
-    }
+fn no_huge(map: Map) -> Result<Map, String> {
+    map.no_huge_pages().map_err(|e| format!("madvise: {e}"))?;
+    Ok(map)
+}
 
-    /// Private anonymous memory, not populated.
-    pub fn anon(len: usize) -> Result<Map, String> {
-        Map::new(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)
-    }
-
-    /// A shared mapping of the whole of `fd` (a memfd of at least `len` bytes).
-    pub fn shared(fd: libc::c_int, len: usize) -> Result<Map, String> {
-        Map::new(len, libc::MAP_SHARED, fd)
-    }
-
-    /// First address.
-    pub fn addr(&self) -> usize {
-        self.ptr as usize
-    }
-
-    /// First address, as the pointer type the ioctls take.
-    pub fn ptr(&self) -> *mut c_void {
-        self.ptr.cast()
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
+/// The benchmark's pattern in a mapping.
+pub trait Pattern {
     /// Fills every page with [`pattern`].
-    pub fn fill_pattern(&self) {
-        for i in 0..self.len / PAGE {
+    fn fill_pattern(&self);
+
+    /// Checks every word of the first `pages` pages against `expected(page, word)`.
+    fn verify(&self, pages: usize, expected: impl Fn(usize, usize) -> u64) -> Result<(), String>;
+}
+
+impl Pattern for Map {
+    fn fill_pattern(&self) {
+        for i in 0..self.len() / PAGE {
             let page = self.addr() + i * PAGE;
             for j in 0..WORDS {
                 // SAFETY: the word lies inside this live mapping, which only the benchmark
@@ -83,13 +47,8 @@ impl Map {
         }
     }
 
-    /// Checks every word of the first `pages` pages against `expected(page, word)`.
-    pub fn verify(
-        &self,
-        pages: usize,
-        expected: impl Fn(usize, usize) -> u64,
-    ) -> Result<(), String> {
-        for i in 0..pages.min(self.len / PAGE) {
+    fn verify(&self, pages: usize, expected: impl Fn(usize, usize) -> u64) -> Result<(), String> {
+        for i in 0..pages.min(self.len() / PAGE) {
             let page = self.addr() + i * PAGE;
             for j in 0..WORDS {
                 // SAFETY: the word lies inside this live mapping; reading it may fault it in.
@@ -103,13 +62,6 @@ impl Map {
             }
         }
         Ok(())
-    }
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: the range was mapped by `new` and is referred to by nothing after drop.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
 
@@ -127,7 +79,7 @@ pub fn low_byte(word0: u64) -> u8 {
 /// This VM hands idle memory back to its host and first touches of reclaimed memory cost several
 /// times more: populate `2 * len` bytes and free them before setting a scenario up.
 pub fn warm(len: usize) -> Result<(), String> {
-    let m = Map::anon(2 * len)?;
+    let m = anon(2 * len)?;
     for i in 0..m.len() / PAGE {
         // SAFETY: the page lies inside the live mapping `m`.
         unsafe { ptr::write_volatile((m.addr() + i * PAGE) as *mut u8, 1) };

@@ -1,4 +1,4 @@
-//! The stress engine shared by `tests/stress.rs` and the `uffd-stress` command, modelled on the
+//! The stress engine shared by `userfaultfd/tests/stress.rs` and the `uffd-stress` command, modelled on the
 //! kernel's `tools/testing/selftests/mm/uffd-stress.c`.
 //!
 //! Two areas of `pages` pages, `src` and `dst`. Every page holds a spin lock (offset 0), a
@@ -99,7 +99,6 @@ const OFF_INDEX: usize = 16;
 
 /// The two areas and the memory behind them.
 struct Areas {
-    kind: MemKind,
     psize: usize,
     /// Pages per area including the stop pages.
     total: usize,
@@ -121,7 +120,6 @@ impl Areas {
         };
         let len = total * psize;
         let mut a = Areas {
-            kind,
             psize,
             total,
             base: [0; 2],

@@ -14,23 +14,24 @@
 //! with status 1.
 //!
 //! Output, one line per scenario:
-//! `scenario=NAME pages=N faults=F ns_per_fault=X gbps=Y verify=ok`, where `faults` is the
-//! number of fault messages the handler received, `ns_per_fault` the timed span divided by the
-//! pages made present (one first touch each; for `prefetch` one message serves 16 pages, for
-//! `ioctl-copy` there are no faults and it is per ioctl, for `wp-async` it is per dirty page)
-//! and `gbps` the bytes made present per nanosecond. `--json` prints each line as a JSON
+//! `scenario=NAME pages=N faults=F ns_per_fault=X ns_per_page=P gbps=Y verify=ok`, where `faults`
+//! is the number of fault messages the handler received, `ns_per_fault` the timed span divided
+//! by those faults (`-`, or `null` in JSON, when there were none, as for `ioctl-copy`),
+//! `ns_per_page` the timed span divided by the pages made present (for `prefetch` one fault
+//! serves 16 pages, for `ioctl-copy` it is per ioctl, for `wp-async` per dirty page) and `gbps`
+//! the bytes made present per nanosecond. `--json` prints each line as a JSON
 //! object instead. `-c ROUNDS` also builds `examples/bench-c/uffd-copy.c` with `cc -O2` and
 //! runs it and the `copy` scenario alternately ROUNDS times, reporting the median of each and
 //! their ratio.
 
-#[path = "uffd-bench/handler.rs"]
+mod cli;
+mod compare;
 mod handler;
-#[path = "uffd-bench/mem.rs"]
 mod mem;
-#[path = "uffd-bench/poison.rs"]
+mod outcome;
 mod poison;
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Barrier;
 use std::thread;
 use std::time::Instant;
@@ -40,184 +41,17 @@ use userfaultfd::{
     Error, FeatureFlags, PageMap, PageRegion, RegisterMode, ScanRequest, Uffd, UffdBuilder,
 };
 
+use cli::{Config, Pin};
+use compare::compare_c;
 use handler::{copy_span, serve, touch, Style};
-use mem::{low_byte, pattern, pin, warm, Map, Memfd, PAGE};
+use mem::{anon, low_byte, pattern, pin, shared, warm, Memfd, Pattern, PAGE};
+use outcome::Outcome;
 
-const USAGE: &str = "\
-usage: uffd-bench [-n PAGES] [--json] [-a read|write] [-p none|same|split] [-s] [-c ROUNDS]
-                  [SCENARIO... | all]
-  -n PAGES   pages per scenario (default 32768 = 128 MiB)
-  --json     print each result as a JSON object
-  -a MODE    touch pages by read (default) or write (wp always writes)
-  -p PIN     none (default): no pinning; same: handler and faulting threads on CPU 0;
-             split: handler on CPU 0, faulting threads on CPU 1
-  -s         the handler busy-polls read() instead of sleeping in poll()
-  -c ROUNDS  also compare `copy` with the C program examples/bench-c/uffd-copy.c
-scenarios: touch touch-shmem copy copy-batch zeropage copy-2t prefetch wp minor move poison
-           ioctl-copy wp-async (default: all)";
-
-const SCENARIOS: [&str; 13] = [
-    "touch",
-    "touch-shmem",
-    "copy",
-    "copy-batch",
-    "zeropage",
-    "copy-2t",
-    "prefetch",
-    "wp",
-    "minor",
-    "move",
-    "poison",
-    "ioctl-copy",
-    "wp-async",
-];
-
-const DEFAULT_PAGES: usize = 32768;
 const PREFETCH: usize = 16 * PAGE;
 const BATCH: usize = 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Pin {
-    None,
-    Same,
-    Split,
-}
-
-/// The command line.
-#[derive(Clone, Debug)]
-struct Config {
-    pages: usize,
-    json: bool,
-    write: bool,
-    pin: Pin,
-    spin: bool,
-    compare_rounds: usize,
-    scenarios: Vec<&'static str>,
-}
-
-/// One scenario's figures.
-struct Outcome {
-    name: &'static str,
-    pages: usize,
-    faults: usize,
-    /// Timed nanoseconds.
-    ns: u128,
-    /// Pages the timed span made present (the divisor of `ns_per_fault`).
-    units: usize,
-    extra: Vec<(&'static str, String)>,
-}
-
-impl Outcome {
-    fn ns_per_fault(&self) -> f64 {
-        self.ns as f64 / self.units.max(1) as f64
-    }
-
-    fn print(&self, json: bool) {
-        let ns = self.ns_per_fault();
-        let gbps = (self.units * PAGE) as f64 / self.ns.max(1) as f64;
-        if json {
-            let mut s = format!(
-                "{{\"scenario\":\"{}\",\"pages\":{},\"faults\":{},\"ns_per_fault\":{ns:.1},\"gbps\":{gbps:.3},\"verify\":\"ok\"",
-                self.name, self.pages, self.faults
-            );
-            for (k, v) in &self.extra {
-                s.push_str(&format!(",\"{k}\":{v}"));
-            }
-            println!("{s}}}");
-        } else {
-            let mut s = format!(
-                "scenario={} pages={} faults={} ns_per_fault={ns:.1} gbps={gbps:.3} verify=ok",
-                self.name, self.pages, self.faults
-            );
-            for (k, v) in &self.extra {
-                s.push_str(&format!(" {k}={v}"));
-            }
-            println!("{s}");
-        }
-    }
-}
-
-fn usage_error(msg: &str) -> ExitCode {
-    eprintln!("uffd-bench: {msg}\n{USAGE}");
-    ExitCode::from(2)
-}
-
-fn parse(args: &[String]) -> Result<Config, String> {
-    let mut c = Config {
-        pages: DEFAULT_PAGES,
-        json: false,
-        write: false,
-        pin: Pin::None,
-        spin: false,
-        compare_rounds: 0,
-        scenarios: Vec::new(),
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |flag: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
-        match a.as_str() {
-            "-n" => {
-                let v = value("-n")?;
-                c.pages = v
-                    .parse()
-                    .ok()
-                    .filter(|n: &usize| (16..=(1 << 22)).contains(n))
-                    .ok_or_else(|| format!("-n {v}: expected a page count from 16 to 4194304"))?;
-            }
-            "--json" => c.json = true,
-            "-a" => {
-                c.write = match value("-a")?.as_str() {
-                    "read" => false,
-                    "write" => true,
-                    v => return Err(format!("-a {v}: expected read or write")),
-                }
-            }
-            "-p" => {
-                c.pin = match value("-p")?.as_str() {
-                    "none" => Pin::None,
-                    "same" => Pin::Same,
-                    "split" => Pin::Split,
-                    v => return Err(format!("-p {v}: expected none, same or split")),
-                }
-            }
-            "-s" => c.spin = true,
-            "-c" => {
-                let v = value("-c")?;
-                c.compare_rounds = v
-                    .parse()
-                    .ok()
-                    .filter(|&n: &usize| (1..=1001).contains(&n))
-                    .ok_or_else(|| format!("-c {v}: expected 1 to 1001 rounds"))?;
-            }
-            "-h" | "--help" => return Err(String::new()),
-            "all" => c.scenarios.extend(SCENARIOS),
-            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
-            s => match SCENARIOS.iter().find(|&&n| n == s) {
-                Some(&n) => c.scenarios.push(n),
-                None => return Err(format!("unknown scenario {s}")),
-            },
-        }
-    }
-    if c.scenarios.is_empty() && c.compare_rounds == 0 {
-        c.scenarios.extend(SCENARIOS);
-    }
-    Ok(c)
-}
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let cfg = match parse(&args) {
-        Ok(c) => c,
-        Err(msg) if msg.is_empty() => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(msg) => return usage_error(&msg),
-    };
+    let cfg = cli::config();
     let mut failed = false;
     for &name in &cfg.scenarios {
         match run(name, &cfg) {
@@ -361,7 +195,7 @@ fn outcome(name: &'static str, cfg: &Config, faults: usize, ns: u128) -> Outcome
 
 fn touch_anon(cfg: &Config) -> Result<Outcome, String> {
     let n = cfg.pages;
-    let dst = Map::anon(n * PAGE)?;
+    let dst = anon(n * PAGE)?;
     let (_, ns) = fault_in::<fn() -> _>(cfg, dst.addr(), n, 1, cfg.write, |_| 0, None);
     dst.verify(n, |_, _| 0)?;
     Ok(outcome("touch", cfg, n, ns))
@@ -370,8 +204,8 @@ fn touch_anon(cfg: &Config) -> Result<Outcome, String> {
 fn touch_shmem(cfg: &Config) -> Result<Outcome, String> {
     let n = cfg.pages;
     let fd = Memfd::new(n * PAGE)?;
-    let view = Map::shared(fd.0, n * PAGE)?;
-    let filler = Map::shared(fd.0, n * PAGE)?;
+    let view = shared(fd.0, n * PAGE)?;
+    let filler = shared(fd.0, n * PAGE)?;
     filler.fill_pattern();
     let (_, ns) = fault_in::<fn() -> _>(cfg, view.addr(), n, 1, cfg.write, pattern_byte, None);
     view.verify(n, pattern)?;
@@ -396,8 +230,8 @@ fn missing(
 ) -> Result<Outcome, String> {
     let n = cfg.pages;
     let len = n * PAGE;
-    let dst = Map::anon(len)?;
-    let src = Map::anon(len)?;
+    let dst = anon(len)?;
+    let src = anon(len)?;
     if method != Method::Zero {
         src.fill_pattern();
     }
@@ -465,8 +299,8 @@ fn poison_scenario(cfg: &Config) -> Result<Outcome, String> {
     use std::os::fd::AsRawFd;
     let n = cfg.pages;
     let len = n * PAGE;
-    let dst = Map::anon(len)?;
-    let marker = Map::anon(PAGE)?;
+    let dst = anon(len)?;
+    let marker = anon(PAGE)?;
     // SAFETY: `marker` is a live one-page mapping nothing else uses.
     unsafe { std::ptr::write_bytes(marker.ptr().cast::<u8>(), poison::MARKER_BYTE, PAGE) };
     let uffd = new_uffd(FeatureFlags::empty())?;
@@ -525,7 +359,7 @@ fn wp_expected(i: usize, j: usize) -> u64 {
 fn wp(cfg: &Config) -> Result<Outcome, String> {
     let n = cfg.pages;
     let len = n * PAGE;
-    let dst = Map::anon(len)?;
+    let dst = anon(len)?;
     dst.fill_pattern();
     let uffd = new_uffd(FeatureFlags::empty())?;
     uffd.register_with_mode(dst.ptr(), len, RegisterMode::WRITE_PROTECT)
@@ -564,8 +398,8 @@ fn minor(cfg: &Config) -> Result<Outcome, String> {
     let n = cfg.pages;
     let len = n * PAGE;
     let fd = Memfd::new(len)?;
-    let view = Map::shared(fd.0, len)?;
-    let filler = Map::shared(fd.0, len)?;
+    let view = shared(fd.0, len)?;
+    let filler = shared(fd.0, len)?;
     filler.fill_pattern();
     let uffd = new_uffd(FeatureFlags::empty())?;
     uffd.register_with_mode(view.ptr(), len, RegisterMode::MINOR)
@@ -598,8 +432,8 @@ fn minor(cfg: &Config) -> Result<Outcome, String> {
 fn ioctl_copy(cfg: &Config) -> Result<Outcome, String> {
     let n = cfg.pages;
     let len = n * PAGE;
-    let dst = Map::anon(len)?;
-    let src = Map::anon(len)?;
+    let dst = anon(len)?;
+    let src = anon(len)?;
     src.fill_pattern();
     let uffd = new_uffd(FeatureFlags::empty())?;
     uffd.register(dst.ptr(), len)
@@ -679,7 +513,7 @@ fn wp_async(cfg: &Config) -> Result<Outcome, String> {
     };
 
     // Asynchronous: the writer is not stopped; the dirty set is collected afterwards.
-    let dst = Map::anon(len)?;
+    let dst = anon(len)?;
     dst.fill_pattern();
     let uffd = new_uffd(FeatureFlags::WP_ASYNC)?;
     uffd.register_with_mode(dst.ptr(), len, RegisterMode::WRITE_PROTECT)
@@ -720,7 +554,7 @@ fn wp_async(cfg: &Config) -> Result<Outcome, String> {
 
     // Synchronous: every first write faults and the handler records the page.
     drop(dst);
-    let sync = Map::anon(len)?;
+    let sync = anon(len)?;
     sync.fill_pattern();
     let uffd = new_uffd(FeatureFlags::empty())?;
     uffd.register_with_mode(sync.ptr(), len, RegisterMode::WRITE_PROTECT)
@@ -768,82 +602,4 @@ fn wp_async(cfg: &Config) -> Result<Outcome, String> {
             ),
         ],
     })
-}
-
-/// Builds the C program and runs it and the `copy` scenario alternately.
-fn compare_c(cfg: &Config) -> Result<(), String> {
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/bench-c/uffd-copy.c");
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = exe.with_file_name("uffd-copy-c");
-    let st = Command::new("cc")
-        .args(["-O2", "-Wall", "-pthread", "-o"])
-        .arg(&out)
-        .arg(src)
-        .status()
-        .map_err(|e| format!("running cc: {e}"))?;
-    if !st.success() {
-        return Err(format!("cc -O2 {src} failed: {st}"));
-    }
-    let mut args = vec!["-n".to_string(), cfg.pages.to_string()];
-    if cfg.write {
-        args.extend(["-a".into(), "write".into()]);
-    }
-    match cfg.pin {
-        Pin::None => {}
-        Pin::Same => args.extend(["-p".into(), "same".into()]),
-        Pin::Split => args.extend(["-p".into(), "split".into()]),
-    }
-    if cfg.spin {
-        args.push("-s".into());
-    }
-    // Both sides run as fresh processes with the same arguments, in alternating order, so
-    // neither inherits the other's address-space history or always goes first.
-    let run_one = |prog: &std::path::Path, extra: &[&str]| -> Result<f64, String> {
-        let o = Command::new(prog)
-            .args(&args)
-            .args(extra)
-            .output()
-            .map_err(|e| format!("running {}: {e}", prog.display()))?;
-        let text = String::from_utf8_lossy(&o.stdout);
-        if !o.status.success() || !text.contains("verify=ok") {
-            return Err(format!(
-                "{} failed ({}): {text}{}",
-                prog.display(),
-                o.status,
-                String::from_utf8_lossy(&o.stderr)
-            ));
-        }
-        text.split_whitespace()
-            .find_map(|f| f.strip_prefix("ns_per_fault="))
-            .and_then(|v| v.parse::<f64>().ok())
-            .ok_or_else(|| format!("no ns_per_fault in {text:?}"))
-    };
-    let (mut rust, mut c) = (Vec::new(), Vec::new());
-    for round in 0..cfg.compare_rounds {
-        if round % 2 == 0 {
-            rust.push(run_one(&exe, &["copy"])?);
-            c.push(run_one(&out, &[])?);
-        } else {
-            c.push(run_one(&out, &[])?);
-            rust.push(run_one(&exe, &["copy"])?);
-        }
-    }
-    // Paired ratios cancel slow drift of the host; minima estimate the cost without
-    // scheduling noise, which on this VM is far larger than the library's share.
-    let mut paired: Vec<f64> = rust.iter().zip(&c).map(|(r, c)| r / c).collect();
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (r, cc, pr) = (med(&mut rust), med(&mut c), med(&mut paired));
-    println!(
-        "compare=copy rounds={} rust_ns_per_fault={r:.1} c_ns_per_fault={cc:.1} ratio={:.4} \
-         paired_ratio={pr:.4} rust_min={:.1} c_min={:.1} min_ratio={:.4}",
-        cfg.compare_rounds,
-        r / cc,
-        rust[0],
-        c[0],
-        rust[0] / c[0]
-    );
-    Ok(())
 }
