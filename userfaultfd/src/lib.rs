@@ -107,6 +107,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "tokio")]
+mod async_uffd;
 mod builder;
 mod error;
 mod event;
@@ -119,6 +121,8 @@ mod register;
 pub mod serve;
 mod uffd;
 
+#[cfg(feature = "tokio")]
+pub use async_uffd::{AsyncUffd, EventStream};
 pub use builder::{CreationMethod, UffdBuilder};
 pub use error::{Error, Operation, Result};
 pub use event::{Event, EventBuffer, Events, FaultKind, Message, ReadWrite};
