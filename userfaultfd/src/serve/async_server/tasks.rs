@@ -108,7 +108,12 @@ impl Ctx {
         // A page belongs to the chunk its first byte is in.
         let lo = start.saturating_sub(so).div_ceil(ps) as usize;
         let hi = start.saturating_add(cs).saturating_sub(so).div_ceil(ps);
-        (lo, usize::try_from(hi).unwrap_or(usize::MAX).min(r.states.len()))
+        (
+            lo,
+            usize::try_from(hi)
+                .unwrap_or(usize::MAX)
+                .min(r.states.len()),
+        )
     }
 
     /// `start..end` widened to whole source chunks.
@@ -245,7 +250,14 @@ pub(super) async fn reader(ctx: Arc<Ctx>, uffd: AsyncFd<UffdFd>, stop: AsyncFd<S
 
 /// One fault: a missing page is claimed and fetched by a task of its own; a removed page is
 /// zeroed, and a present one woken (or resolved again), at once.
-fn fault(ctx: &Arc<Ctx>, addr: usize, kind: FaultKind, rw: ReadWrite, t0: Instant, ra: &mut Readahead) {
+fn fault(
+    ctx: &Arc<Ctx>,
+    addr: usize,
+    kind: FaultKind,
+    rw: ReadWrite,
+    t0: Instant,
+    ra: &mut Readahead,
+) {
     let s = &*ctx.s;
     let Some((ri, page)) = s.region_of(addr) else {
         s.report(&ServeError::Unserved(addr));
@@ -255,8 +267,20 @@ fn fault(ctx: &Arc<Ctx>, addr: usize, kind: FaultKind, rw: ReadWrite, t0: Instan
     match r.states.get(page) {
         MISSING if r.states.claim(page, MISSING) => {
             let window = (s.prefetch != 0).then(|| prefetch_window(s, ri, page, ra));
+            // The page first, then the rest of its source chunk, claimed here at once, so
+            // that no other fetch takes part of the chunk and reads it a second time.
+            let mut runs = vec![Run {
+                first: page,
+                end: page + 1,
+                path: Path::Demand,
+            }];
+            let minor = r.minor || kind == FaultKind::Minor;
+            if !minor && ctx.chunks[ri].is_some() {
+                let (lo, hi) = ctx.chunk_of(ri, page);
+                claim_runs(ctx, ri, lo, hi, Path::Prefetch, &mut runs);
+            }
             let c = Arc::clone(ctx);
-            ctx.spawn(async move { demand(c, ri, page, kind, rw, t0, window).await });
+            ctx.spawn(async move { demand(c, ri, runs, kind, rw, t0, window).await });
         }
         REMOVED if r.states.cas(page, REMOVED, CLAIMED_ZERO) => {
             s.fill_removed(ri, page);
@@ -287,12 +311,12 @@ struct Demand {
     t0: Instant,
 }
 
-/// Serves the claimed page `page` (with the rest of its source chunk, when the source has
-/// chunks), then starts the prefetch of `window`.
+/// Serves the claimed runs of a demand fault: the faulting page (`runs[0]`), then the rest of
+/// its source chunk read by the same request; then starts the prefetch of `window`.
 async fn demand(
     ctx: Arc<Ctx>,
     ri: usize,
-    page: usize,
+    runs: Vec<Run>,
     kind: FaultKind,
     rw: ReadWrite,
     t0: Instant,
@@ -301,6 +325,7 @@ async fn demand(
     let permit = ctx.sched.acquire(Priority::Demand).await;
     let s = &*ctx.s;
     let r = &s.regions[ri];
+    let page = runs[0].first;
     let d = Demand {
         write: rw == ReadWrite::Write,
         t0,
@@ -311,14 +336,6 @@ async fn demand(
         // Mapped from the page cache (or released to fault again).
         s.counters.latency.record(t0.elapsed());
     } else {
-        // The page first, then the rest of its chunk read by the same request.
-        let mut runs = vec![Run {
-            first: page,
-            end: page + 1,
-            path: Path::Demand,
-        }];
-        let (lo, hi) = ctx.chunk_of(ri, page);
-        claim_runs(&ctx, ri, lo, hi, Path::Prefetch, &mut runs);
         fetch(&ctx, ri, runs, Some(d)).await;
     }
     drop(permit);
@@ -379,10 +396,7 @@ async fn fill_block(ctx: &Ctx, ri: usize, lo: usize, hi: usize, path: Path) -> b
     }
     if ctx.s.regions[ri].minor {
         for run in runs {
-            if ctx
-                .s
-                .continue_run(ri, run.first, run.end, run.path, false)
-            {
+            if ctx.s.continue_run(ri, run.first, run.end, run.path, false) {
                 // Not in the page cache: copy that page from the source.
                 let one = Run {
                     end: run.first + 1,
