@@ -21,7 +21,9 @@ use crate::Uffd;
 /// `copy`, `wake`, ...) is the inner `Uffd`'s, through [`get_ref`](Self::get_ref) (the ioctls
 /// never block on the handler, so they need no async form).
 ///
-/// Linux 4.3 (the fd's `poll(2)` support is as old as userfaultfd). The fd must have been
+/// Readiness is the fd's `poll(2)`/`epoll(7)` readability, a read is one `read(2)` of
+/// `struct uffd_msg`s, as `userfaultfd(2)` describes; Linux 4.3 (the fd's `poll` support is as
+/// old as userfaultfd). The fd must have been
 /// created with [`UffdBuilder::non_blocking(true)`](crate::UffdBuilder::non_blocking): the kernel
 /// reports `EPOLLERR`, never `EPOLLIN`, for a blocking userfaultfd (its `poll` refuses to promise
 /// that a read would not block), so [`new`](Self::new) refuses one with [`Error::Blocking`].

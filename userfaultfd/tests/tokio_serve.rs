@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
 
-use common::{ps, TIMEOUT};
+use common::{ps, Map, TIMEOUT};
 use mmap::MemoryMapping;
 use tokio::sync::watch;
 use userfaultfd::serve::{
@@ -742,6 +742,102 @@ async fn removed_pages_read_as_zeros_never_as_source_data() {
     let stats = server.shutdown().await.unwrap();
     assert!(stats.events >= 1, "{stats:?}");
     assert_eq!(stats.pages_removed_zero, 10, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmapping_part_of_a_region_while_background_fill_runs() {
+    let (page, pages) = (ps(), 4096);
+    let map = Map::anon(pages * page);
+    let uffd = UffdBuilder::new()
+        .user_mode_only(true)
+        .require_features(FeatureFlags::EVENT_UNMAP)
+        .create()
+        .unwrap();
+    // SAFETY: `map` is this test's raw mapping, read only through `Map::read` below, and its
+    // second half is unmapped only through the munmap below, which the server learns of.
+    let region = unsafe {
+        AsyncRegion::from_raw_parts(map.ptr(), pages * page, page, Image::new(pages, page, None))
+    };
+    let server = AsyncServerBuilder::new()
+        .region(region)
+        .background_chunk(64 << 10)
+        .start(uffd)
+        .unwrap();
+    // munmap waits until the server has read the UNMAP event: from a thread of its own.
+    let (at, len) = (map.at(pages / 2 * page) as usize, pages / 2 * page);
+    // SAFETY: the second half of our own mapping; nothing refers to it afterwards.
+    let unmapper = thread::spawn(move || unsafe { libc::munmap(at as *mut libc::c_void, len) });
+    assert_eq!(unmapper.join().unwrap(), 0);
+    server.wait_populated(TIMEOUT).await.unwrap();
+    let stats = server.shutdown().await.unwrap();
+    assert!(stats.events >= 1, "{stats:?}");
+    for p in 0..pages / 2 {
+        assert_eq!(map.read(p * page), byte_of(p), "page {p}");
+    }
+    // SAFETY: the first half of our own mapping, never touched again; forgotten below so
+    // that its drop does not unmap twice.
+    unsafe { libc::munmap(map.ptr(), pages / 2 * page) };
+    map.forget();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_moved_whole_by_mremap_is_served_at_its_new_address() {
+    let (page, pages) = (ps(), 64);
+    let len = pages * page;
+    let map = Map::anon(len);
+    let dest = Arc::new(Map::reserve(len));
+    let uffd = UffdBuilder::new()
+        .user_mode_only(true)
+        .require_features(FeatureFlags::EVENT_REMAP)
+        .create()
+        .unwrap();
+    // SAFETY: `map` is this test's raw mapping, reached only through `Map::read`; it moves
+    // only by the mremap below, which the server learns of.
+    let region =
+        unsafe { AsyncRegion::from_raw_parts(map.ptr(), len, page, Image::new(pages, page, None)) };
+    let server = AsyncServerBuilder::new()
+        .region(region)
+        .prefetch(0)
+        .background_fetches(0)
+        .start(uffd)
+        .unwrap();
+    let (from, to) = (map.addr(), dest.addr());
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        // A page served at the old address, then the move (which waits for the REMAP
+        // event to be read).
+        // SAFETY: inside the mapping, which only this thread touches until the move.
+        let before = unsafe { std::ptr::read_volatile((from + 3 * ps()) as *const u8) };
+        // SAFETY: moves our own mapping onto our own reservation, replacing it.
+        let moved = unsafe {
+            libc::mremap(
+                from as *mut libc::c_void,
+                len,
+                len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                to as *mut libc::c_void,
+            )
+        };
+        tx.send((before, moved as usize)).unwrap();
+    });
+    let (before, moved) = rx.recv_timeout(TIMEOUT).expect("mremap hangs");
+    assert_eq!((before, moved), (byte_of(3), to));
+    map.forget(); // moved onto `dest`, which unmaps it
+    let (tx, rx) = mpsc::channel();
+    let moved = Arc::clone(&dest);
+    thread::spawn(move || {
+        let got: Vec<u8> = (0..pages).map(|p| moved.read(p * ps() + 1)).collect();
+        tx.send(got).unwrap();
+    });
+    let got = rx
+        .recv_timeout(TIMEOUT)
+        .expect("a reader of the moved region hangs");
+    for (p, &b) in got.iter().enumerate() {
+        assert_eq!(b, byte_of(p), "page {p}");
+    }
+    let stats = server.shutdown().await.unwrap();
+    assert!(stats.events >= 1, "{stats:?}");
+    assert_eq!(stats.pages_demand, pages as u64, "{stats:?}");
 }
 
 /// A source that panics on page 5.

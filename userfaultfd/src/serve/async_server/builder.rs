@@ -250,7 +250,7 @@ impl AsyncServerBuilder {
             sync = sync.on_error(move |e| f(e));
         }
         if let Some(f) = self.on_fork {
-            sync = sync.on_fork(move |u| f(u));
+            sync = sync.on_fork(f);
         }
         let mut sources = Vec::with_capacity(self.regions.len());
         let mut chunks = Vec::with_capacity(self.regions.len());
