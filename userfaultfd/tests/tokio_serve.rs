@@ -143,6 +143,9 @@ async fn anonymous_memory_is_served_byte_for_byte_to_eight_threads() {
         .start(user_uffd())
         .unwrap();
     touch_all(&m, page, 8);
+    // The blocking form, on the test's own thread (the runtime's workers serve meanwhile).
+    server.wait_populated_blocking(TIMEOUT).unwrap();
+    assert!(server.is_populated());
     server.wait_populated(TIMEOUT).await.unwrap();
     let stats = server.shutdown().await.unwrap();
     assert_eq!(
