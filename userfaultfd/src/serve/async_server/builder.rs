@@ -303,6 +303,7 @@ impl AsyncServerBuilder {
             stop: watch::Sender::new(false),
             progress: watch::Sender::new(0),
             live: watch::Sender::new(0),
+            claim_lock: std::sync::Mutex::new(()),
             handle,
         });
         ctx.spawn(reader(Arc::clone(&ctx), ufd, stop_fd));

@@ -33,7 +33,10 @@
 //!   that each chunk is fetched once: a demand fault reads its page's whole chunk in one
 //!   request (installing the faulting page first, then the chunk's other missing pages), the
 //!   prefetch window is widened to whole chunks with one request per chunk (all in flight at
-//!   once), and background blocks are whole, aligned chunks.
+//!   once), and background blocks are whole, aligned chunks. A chunk's missing pages are
+//!   claimed in one pass (passes over chunks are serialised), so two fetches never split a
+//!   chunk; it is read again only for pages given back (after an event interrupted their
+//!   copy, or a failed read).
 //! - **Failures**: a failed read of several pages is retried page by page, and each page that
 //!   still fails gets the [`FailurePolicy`](super::FailurePolicy) (`POISON`, zeros, or stop and
 //!   unregister); a panicking source or task stops the server and unregisters. Either way no

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -37,6 +37,9 @@ pub(super) struct Ctx {
     pub(super) progress: watch::Sender<u64>,
     /// Tasks alive (shutdown waits for 0).
     pub(super) live: watch::Sender<usize>,
+    /// Held while pages of a chunked source are claimed: one pass claims a chunk's missing
+    /// pages before another pass may look at them.
+    pub(super) claim_lock: Mutex<()>,
     pub(super) handle: tokio::runtime::Handle,
 }
 
@@ -68,6 +71,13 @@ impl Ctx {
 
     pub(super) fn stopped(&self) -> bool {
         *self.stop.borrow() || self.s.stopping()
+    }
+
+    /// Serialises claim passes over chunked sources (short, never held across an await).
+    fn claim_pass(&self) -> MutexGuard<'_, ()> {
+        self.claim_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn bump(&self) {
@@ -264,21 +274,27 @@ fn fault(
         return;
     };
     let r = &s.regions[ri];
+    let chunked = !(r.minor || kind == FaultKind::Minor) && ctx.chunks[ri].is_some();
     match r.states.get(page) {
-        MISSING if r.states.claim(page, MISSING) => {
-            let window = (s.prefetch != 0).then(|| prefetch_window(s, ri, page, ra));
-            // The page first, then the rest of its source chunk, claimed here at once, so
-            // that no other fetch takes part of the chunk and reads it a second time.
+        MISSING => {
+            // With source chunks, the page and then the rest of its chunk are claimed in one
+            // pass (passes over chunks are serialised), so that no other fetch takes part of
+            // the chunk and reads it a second time.
+            let pass = chunked.then(|| ctx.claim_pass());
+            if !r.states.claim(page, MISSING) {
+                return; // Lost a race: the winner resolves it.
+            }
             let mut runs = vec![Run {
                 first: page,
                 end: page + 1,
                 path: Path::Demand,
             }];
-            let minor = r.minor || kind == FaultKind::Minor;
-            if !minor && ctx.chunks[ri].is_some() {
+            if chunked {
                 let (lo, hi) = ctx.chunk_of(ri, page);
                 claim_runs(ctx, ri, lo, hi, Path::Prefetch, &mut runs);
             }
+            drop(pass);
+            let window = (s.prefetch != 0).then(|| prefetch_window(s, ri, page, ra));
             let c = Arc::clone(ctx);
             ctx.spawn(async move { demand(c, ri, runs, kind, rw, t0, window).await });
         }
@@ -390,7 +406,10 @@ fn start_prefetch(ctx: &Arc<Ctx>, ri: usize, start: usize, end: usize) {
 /// read with one request; without, each run of missing pages is a read of its own.
 async fn fill_block(ctx: &Ctx, ri: usize, lo: usize, hi: usize, path: Path) -> bool {
     let mut runs = Vec::new();
-    claim_runs(ctx, ri, lo, hi, path, &mut runs);
+    {
+        let _pass = ctx.chunks[ri].is_some().then(|| ctx.claim_pass());
+        claim_runs(ctx, ri, lo, hi, path, &mut runs);
+    }
     if runs.is_empty() {
         return false;
     }
