@@ -336,12 +336,12 @@ async fn a_demand_fault_is_served_while_background_reads_wait() {
     // A fault takes the slot kept for demand and is served while the gate stays shut.
     assert_eq!(touch(&m, 60).recv_timeout(TIMEOUT).unwrap(), byte_of(60));
     assert_eq!(*src.waiting.borrow(), 1, "the background read still waits");
-    assert_eq!(server.stats().pages_demand, 1);
-    assert_eq!(server.stats().pages_background, 0);
     src.open.send_replace(true);
     server.wait_populated(TIMEOUT).await.unwrap();
     let stats = server.shutdown().await.unwrap();
-    assert_eq!(stats.pages_present(), pages as u64, "{stats:?}");
+    // (Counted once the copy returned, which may be after the toucher woke: checked here.)
+    assert_eq!(stats.pages_demand, 1, "{stats:?}");
+    assert_eq!(stats.pages_background, pages as u64 - 1, "{stats:?}");
     verify(&m, page);
 }
 
