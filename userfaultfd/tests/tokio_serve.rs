@@ -34,8 +34,13 @@ async fn anonymous_memory_is_served_byte_for_byte_to_eight_threads() {
     // The blocking form, on the test's own thread (the runtime's workers serve meanwhile).
     server.wait_populated_blocking(TIMEOUT).unwrap();
     assert!(server.is_populated());
-    server.wait_populated(TIMEOUT).await.unwrap();
-    let stats = server.shutdown().await.unwrap();
+    // The handle and its futures can move between tasks and threads.
+    fn sendable<T: Send + Sync>(t: T) -> T {
+        t
+    }
+    let server = sendable(server);
+    sendable(server.wait_populated(TIMEOUT)).await.unwrap();
+    let stats = sendable(server.shutdown()).await.unwrap();
     assert_eq!(
         stats.pages_demand + stats.pages_prefetch,
         pages as u64,

@@ -113,10 +113,16 @@ fn outside_a_runtime_or_without_io_is_a_typed_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_event_serves_a_fault() {
+    fn sendable<T: Send>(t: T) -> T {
+        t
+    }
     let uffd = AsyncUffd::new(non_blocking()).unwrap();
     let m = registered(&uffd, 4);
     let t = toucher(&m, 2 * ps() + 9);
-    let ev = bounded("read_event", uffd.read_event()).await.unwrap();
+    // The read's future may move between threads (a multi-thread runtime's tasks).
+    let ev = bounded("read_event", sendable(uffd.read_event()))
+        .await
+        .unwrap();
     assert_eq!(page_of(&m, &ev), 2);
     serve_page(&uffd, &m, 2);
     assert_eq!(t.join().unwrap(), 3);
