@@ -69,6 +69,10 @@
 //! The `userfaultfd::serve` runtime is this loop done fast and completely (prefetch,
 //! background fill, events, failures): see [`serve`].
 //!
+//! With the `tokio` feature, `AsyncUffd` awaits a non-blocking fd's events on a tokio runtime,
+//! and `serve::AsyncServer` serves regions from async sources (object storage) with many
+//! fetches in flight at once.
+//!
 //! # Soundness
 //!
 //! The rule every public item meets: **a safe function never lets safe code (a) write or remove
