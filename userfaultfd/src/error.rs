@@ -48,6 +48,8 @@ pub enum Operation {
     PagemapScan,
     /// `fcntl(2)` on the userfaultfd.
     Fcntl,
+    /// Registering the userfaultfd with an async reactor (tokio's `AsyncFd`, `epoll_ctl(2)`).
+    Epoll,
 }
 
 impl Operation {
@@ -71,6 +73,7 @@ impl Operation {
             Operation::OpenPagemap => "open(/proc/pid/pagemap)",
             Operation::PagemapScan => "PAGEMAP_SCAN",
             Operation::Fcntl => "fcntl(userfaultfd)",
+            Operation::Epoll => "epoll_ctl(userfaultfd)",
         }
     }
 }
@@ -313,6 +316,22 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The userfaultfd is blocking (no `O_NONBLOCK`), and the operation needs a non-blocking
+    /// one: an async reader (`AsyncUffd`, feature `tokio`) waits for
+    /// readiness with `epoll(7)`, and the kernel reports `EPOLLERR` (never `EPOLLIN`) for a
+    /// blocking userfaultfd. Create it with
+    /// [`UffdBuilder::non_blocking(true)`](crate::UffdBuilder::non_blocking). The flag is not
+    /// set behind the caller's back, since it belongs to the open file, which other holders of
+    /// the fd (a VMM that handed it over) share.
+    #[error(
+        "{op}: the userfaultfd is blocking, and an async reader needs a non-blocking one: \
+         create it with UffdBuilder::new().non_blocking(true)"
+    )]
+    Blocking {
+        /// What would have been called.
+        op: Operation,
+    },
+
     /// A message carried an event code this crate does not know (a newer kernel).
     #[error("read(userfaultfd): unrecognised event code {event:#x}")]
     UnrecognizedEvent {
@@ -401,6 +420,7 @@ impl fmt::Debug for Error {
                 .field("op", op)
                 .field("reason", reason)
                 .finish(),
+            Error::Blocking { op } => f.debug_struct("Blocking").field("op", op).finish(),
             Error::UnrecognizedEvent { event, raw } => f
                 .debug_struct("UnrecognizedEvent")
                 .field("event", event)
@@ -449,6 +469,7 @@ impl Error {
             | Error::UnsupportedIoctls { op, .. }
             | Error::Interrupted { op }
             | Error::RequiresUnsafe { op, .. }
+            | Error::Blocking { op }
             | Error::InvalidArgument { op, .. } => Some(*op),
             Error::NotUserfaultfd { .. } => None,
             Error::UnsupportedFeatures { .. } => Some(Operation::Api),

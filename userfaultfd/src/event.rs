@@ -488,6 +488,19 @@ impl Uffd {
     /// After [`Error::IncompleteMsg`] (which a userfaultfd never causes) the descriptors of
     /// whole fork messages before the fragment are closed with the buffer's next use or drop.
     pub fn read_events<'a>(&'a self, buf: &'a mut EventBuffer) -> Result<Events<'a>> {
+        self.fill_events(buf)?;
+        Ok(self.buffered_events(buf))
+    }
+
+    /// The events a [`fill_events`](Self::fill_events) left in `buf`, as `read_events` returns
+    /// them.
+    pub(crate) fn buffered_events<'a>(&'a self, buf: &'a mut EventBuffer) -> Events<'a> {
+        Events { buf, parent: self }
+    }
+
+    /// The `read(2)` of [`read_events`](Self::read_events), without the iterator: returns the
+    /// number of messages now in `buf` (0: none pending on a non-blocking fd).
+    pub(crate) fn fill_events(&self, buf: &mut EventBuffer) -> Result<usize> {
         buf.release_unconsumed();
         if buf.msgs.is_empty() {
             return Err(Error::InvalidArgument {
@@ -508,7 +521,7 @@ impl Uffd {
         };
         buf.filled = n / MSG_SIZE;
         buf.next = 0;
-        Ok(Events { buf, parent: self })
+        Ok(buf.filled)
     }
 
     /// One `read(2)`; returns the bytes read (a multiple of the message size, 0 for "nothing

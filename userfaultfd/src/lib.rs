@@ -69,6 +69,10 @@
 //! The `userfaultfd::serve` runtime is this loop done fast and completely (prefetch,
 //! background fill, events, failures): see [`serve`].
 //!
+//! With the `tokio` feature, `AsyncUffd` awaits a non-blocking fd's events on a tokio runtime,
+//! and `serve::AsyncServer` serves regions from async sources (object storage) with many
+//! fetches in flight at once.
+//!
 //! # Soundness
 //!
 //! The rule every public item meets: **a safe function never lets safe code (a) write or remove
@@ -105,6 +109,8 @@
 //! * `PAGEMAP_SCAN(2const)`, for [`PageMap::scan`];
 //! * the kernel's [`Documentation/admin-guide/mm/userfaultfd.rst`](https://docs.kernel.org/admin-guide/mm/userfaultfd.html).
 
+#[cfg(feature = "tokio")]
+mod async_uffd;
 mod builder;
 mod error;
 mod event;
@@ -117,6 +123,8 @@ mod register;
 pub mod serve;
 mod uffd;
 
+#[cfg(feature = "tokio")]
+pub use async_uffd::{AsyncUffd, EventStream};
 pub use builder::{CreationMethod, UffdBuilder};
 pub use error::{AddrRange, Error, Operation, Result};
 pub use event::{Event, EventBuffer, Events, FaultKind, Message, ReadWrite};

@@ -417,6 +417,78 @@ impl ServerBuilder {
     /// [`ServeError::Uffd`] when registration fails (regions already registered are
     /// unregistered again).
     pub fn start(self, uffd: Uffd) -> Result<Server, ServeError> {
+        let Prepared {
+            shared,
+            replay,
+            replay_threads,
+            handler_threads,
+            background_threads,
+            register,
+            total,
+        } = self.prepare(uffd)?;
+        let mut threads = Vec::new();
+        // `start` returns once every thread runs (thread start-up allocates; serving does not).
+        let ready = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let mut spawned = Ok(());
+        for i in 0..handler_threads {
+            let (s, r) = (Arc::clone(&shared), Arc::clone(&ready));
+            spawned = spawned.and_then(|()| {
+                spawn(format!("uffd-handler-{i}"), s, r, handler_loop).map(|t| threads.push(t))
+            });
+        }
+        if let Some(ws) = replay {
+            let plan = Arc::new(ReplayPlan::new(&ws, &shared, replay_threads));
+            shared.replayers.store(replay_threads, Ordering::Release);
+            for i in 0..replay_threads {
+                let (s, r, plan) = (Arc::clone(&shared), Arc::clone(&ready), Arc::clone(&plan));
+                spawned = spawned.and_then(|()| {
+                    spawn(format!("uffd-replay-{i}"), s, r, move |s, ready| {
+                        replay_loop(s, &plan, i, ready)
+                    })
+                    .map(|t| threads.push(t))
+                });
+            }
+        }
+        for i in 0..background_threads {
+            let (s, r) = (Arc::clone(&shared), Arc::clone(&ready));
+            let n = background_threads;
+            spawned = spawned.and_then(|()| {
+                spawn(format!("uffd-fill-{i}"), s, r, move |s, ready| {
+                    background_loop(s, i, n, ready)
+                })
+                .map(|t| threads.push(t))
+            });
+        }
+        if let Err(e) = spawned {
+            shared.request_stop();
+            for t in threads {
+                let _ = t.join();
+            }
+            if register {
+                let _ = shared.unregister_all();
+            }
+            return Err(e);
+        }
+        let (count, cv) = &*ready;
+        let mut n = count.lock().unwrap_or_else(PoisonError::into_inner);
+        while *n < threads.len() {
+            n = cv.wait(n).unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(n);
+        if total == 0 {
+            shared.mark_populated();
+        }
+        Ok(Server {
+            shared,
+            threads,
+            stopped: false,
+        })
+    }
+
+    /// Everything [`start`](Self::start) does before it starts threads: checks the
+    /// configuration, makes `uffd` non-blocking, registers the regions and builds the state the
+    /// serving threads (or tasks) share.
+    pub(super) fn prepare(self, uffd: Uffd) -> Result<Prepared, ServeError> {
         self.check()?;
         set_nonblocking(&uffd)?;
         let stop_fd = eventfd()?;
@@ -539,66 +611,28 @@ impl ServerBuilder {
             on_error: self.on_error,
             on_fork: self.on_fork,
         });
-        let mut threads = Vec::new();
-        // `start` returns once every thread runs (thread start-up allocates; serving does not).
-        let ready = Arc::new((Mutex::new(0usize), Condvar::new()));
-        let mut spawned = Ok(());
-        for i in 0..self.handler_threads {
-            let (s, r) = (Arc::clone(&shared), Arc::clone(&ready));
-            spawned = spawned.and_then(|()| {
-                spawn(format!("uffd-handler-{i}"), s, r, handler_loop).map(|t| threads.push(t))
-            });
-        }
-        if let Some(ws) = self.replay {
-            let plan = Arc::new(ReplayPlan::new(&ws, &shared, self.replay_threads));
-            shared
-                .replayers
-                .store(self.replay_threads, Ordering::Release);
-            for i in 0..self.replay_threads {
-                let (s, r, plan) = (Arc::clone(&shared), Arc::clone(&ready), Arc::clone(&plan));
-                spawned = spawned.and_then(|()| {
-                    spawn(format!("uffd-replay-{i}"), s, r, move |s, ready| {
-                        replay_loop(s, &plan, i, ready)
-                    })
-                    .map(|t| threads.push(t))
-                });
-            }
-        }
-        for i in 0..self.background_threads {
-            let (s, r) = (Arc::clone(&shared), Arc::clone(&ready));
-            let n = self.background_threads;
-            spawned = spawned.and_then(|()| {
-                spawn(format!("uffd-fill-{i}"), s, r, move |s, ready| {
-                    background_loop(s, i, n, ready)
-                })
-                .map(|t| threads.push(t))
-            });
-        }
-        if let Err(e) = spawned {
-            shared.request_stop();
-            for t in threads {
-                let _ = t.join();
-            }
-            if self.register {
-                let _ = shared.unregister_all();
-            }
-            return Err(e);
-        }
-        let (count, cv) = &*ready;
-        let mut n = count.lock().unwrap_or_else(PoisonError::into_inner);
-        while *n < threads.len() {
-            n = cv.wait(n).unwrap_or_else(PoisonError::into_inner);
-        }
-        drop(n);
-        if total == 0 {
-            shared.mark_populated();
-        }
-        Ok(Server {
+        Ok(Prepared {
             shared,
-            threads,
-            stopped: false,
+            replay: self.replay,
+            replay_threads: self.replay_threads,
+            handler_threads: self.handler_threads,
+            background_threads: self.background_threads,
+            register: self.register,
+            total,
         })
     }
+}
+
+/// What [`ServerBuilder::prepare`] built: the shared state, and what is left to start.
+pub(super) struct Prepared {
+    pub(super) shared: Arc<Shared>,
+    pub(super) replay: Option<WorkingSet>,
+    pub(super) replay_threads: usize,
+    pub(super) handler_threads: usize,
+    pub(super) background_threads: usize,
+    pub(super) register: bool,
+    /// Pages of all regions (0: populated from the start).
+    pub(super) total: usize,
 }
 
 fn spawn(

@@ -64,6 +64,8 @@
 //! ```
 
 #[cfg(feature = "tokio")]
+pub mod async_server;
+#[cfg(feature = "tokio")]
 mod async_source;
 mod builder;
 mod error;
@@ -78,6 +80,11 @@ pub mod tcp;
 mod threads;
 mod working_set;
 
+#[cfg(feature = "tokio")]
+pub use async_server::{
+    AsyncRegion, AsyncServer, AsyncServerBuilder, BlockingSource, DEFAULT_BACKGROUND_FETCHES,
+    DEFAULT_MAX_FETCHES,
+};
 #[cfg(feature = "tokio")]
 pub use async_source::{AsyncPageSource, SourceFuture};
 pub use builder::{

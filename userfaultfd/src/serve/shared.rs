@@ -297,11 +297,28 @@ impl Shared {
         bounce: &mut [u8],
         write: bool,
     ) {
+        if self.continue_run(ri, first, end, path, write) {
+            self.fill_copy(ri, first, first + 1, path, bounce, write);
+        }
+    }
+
+    /// The `UFFDIO_CONTINUE` part of [`fill_minor`](Self::fill_minor): maps the claimed run
+    /// `first..end` from the page cache. Returns true when page `first` is not in the page
+    /// cache: it is still claimed and must be copied from the source (the rest of the run was
+    /// given back); false when every page of the run ended resolved or released.
+    pub(super) fn continue_run(
+        &self,
+        ri: usize,
+        first: usize,
+        end: usize,
+        path: Path,
+        write: bool,
+    ) -> bool {
         let r = &self.regions[ri];
         let guard = self.event_lock.as_ref().map(|l| l.read());
         let end = self.still_claimed(ri, first, end);
         if end == first {
-            return;
+            return false;
         }
         let len = (end - first) * r.page_size;
         let mode = if self.dirty.is_some() && !write {
@@ -332,10 +349,11 @@ impl Shared {
             }) => {
                 // Not in the page cache: copy this page from the source.
                 self.release(ri, first + 1, end);
-                self.fill_copy(ri, first, first + 1, path, bounce, write);
+                return true;
             }
             Err(e) => self.copy_failed(ri, first, end, path, e),
         }
+        false
     }
 
     /// [`fill`](Self::fill) by `UFFDIO_COPY` (or `UFFDIO_ZEROPAGE`) from the source.
@@ -384,6 +402,33 @@ impl Shared {
             }
             buf.as_ptr()
         };
+        // SAFETY: `src` is null for zeros, else readable for `len` bytes: a checked direct
+        // view borrowed from the source for this call, or the bounce buffer just filled.
+        unsafe { self.install(ri, first, end, path, src, zero, write) }
+    }
+
+    /// The ioctl part of [`fill_copy`](Self::fill_copy): installs the claimed run
+    /// `first..end` of region `ri` from the bytes at `src` (zero pages when `zero`), under the
+    /// event lock, then marks the pages present (or hands them to the failure handling) and
+    /// wakes their waiters. Pages an event took meanwhile are skipped.
+    ///
+    /// # Safety
+    ///
+    /// Unless `zero`, `src` must be readable for `(end - first) * page_size` bytes (the
+    /// source bytes of page `first` onwards) and not written during the call.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn install(
+        &self,
+        ri: usize,
+        first: usize,
+        end: usize,
+        path: Path,
+        src: *const u8,
+        zero: bool,
+        write: bool,
+    ) {
+        let r = &self.regions[ri];
+        let ps = r.page_size;
         let _guard = self.event_lock.as_ref().map(|l| l.read());
         let end = self.still_claimed(ri, first, end);
         if end == first {
@@ -400,8 +445,8 @@ impl Shared {
             self.zero(r, dst, len, mode)
         } else {
             // SAFETY: `dst..dst+len` is a claimed range of a served region, whose builder
-            // vouched that the server may define it; `src` is readable for `len` bytes (a
-            // checked direct view, or the bounce buffer just filled) and nothing writes it.
+            // vouched that the server may define it; `src` is readable for `len` bytes (at
+            // most what the caller vouched for) and nothing writes it.
             unsafe { self.uffd.copy_with_mode(src.cast(), dst, len, mode) }
         };
         drop(_guard);

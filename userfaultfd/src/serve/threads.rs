@@ -17,10 +17,21 @@ use super::working_set::WorkingSet;
 use crate::{Error, Event, EventBuffer, FaultKind, ReadWrite};
 
 /// Per-handler readahead: the window grows while faults move forward through a region.
-struct Readahead {
+pub(super) struct Readahead {
     region: usize,
     next: usize,
     window: usize,
+}
+
+impl Readahead {
+    /// No fault seen yet: the first window is `prefetch` bytes.
+    pub(super) fn new(prefetch: usize) -> Readahead {
+        Readahead {
+            region: usize::MAX,
+            next: 0,
+            window: prefetch,
+        }
+    }
 }
 
 pub(super) fn handler_loop(s: &Shared, ready: &dyn Fn()) {
@@ -30,11 +41,7 @@ pub(super) fn handler_loop(s: &Shared, ready: &dyn Fn()) {
     // The thread's name and its first use of thread-locals may allocate: get them done now.
     let _ = thread::current().name().map(str::len);
     ready();
-    let mut ra = Readahead {
-        region: usize::MAX,
-        next: 0,
-        window: s.prefetch,
-    };
+    let mut ra = Readahead::new(s.prefetch);
     let mut fds = [
         libc::pollfd {
             fd: s.uffd.as_raw_fd(),
@@ -266,6 +273,18 @@ fn prefetch(s: &Shared, addr: usize, ra: &mut Readahead, bounce: &mut [u8]) {
     let Some((ri, page)) = s.region_of(addr) else {
         return;
     };
+    let (start, end) = prefetch_window(s, ri, page, ra);
+    fill_missing(s, ri, start, end, Path::Prefetch, bounce);
+}
+
+/// The pages `start..end` of region `ri` to prefetch after a fault on `page`: its aligned
+/// chunk, doubled (up to `prefetch_max`) while faults move forward, as `ra` records.
+pub(super) fn prefetch_window(
+    s: &Shared,
+    ri: usize,
+    page: usize,
+    ra: &mut Readahead,
+) -> (usize, usize) {
     let r = &s.regions[ri];
     let window_pages = |w: usize| (w / r.page_size).max(1);
     // Sequential: the fault lies just past the previous window (within one base chunk), as
@@ -282,7 +301,7 @@ fn prefetch(s: &Shared, addr: usize, ra: &mut Readahead, bounce: &mut [u8]) {
     let end = (start + pages).min(r.states.len());
     ra.region = ri;
     ra.next = end;
-    fill_missing(s, ri, start, end, Path::Prefetch, bounce);
+    (start, end)
 }
 
 pub(super) fn background_loop(s: &Shared, me: usize, of: usize, ready: &dyn Fn()) {
