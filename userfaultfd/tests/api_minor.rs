@@ -95,6 +95,14 @@ fn minor_on_anonymous_memory_is_einval() {
 
 #[test]
 fn continue_with_wp_mode_maps_protected() {
+    if !kernel::at_least(6, 4) {
+        // No feature bit announces UFFDIO_CONTINUE_MODE_WP: the kernel's version does.
+        test_kit::report::skip(format!(
+            "UFFDIO_CONTINUE_MODE_WP needs Linux 6.4; this is {:?}",
+            kernel::version()
+        ));
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     if !uffd

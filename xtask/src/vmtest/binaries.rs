@@ -24,18 +24,24 @@ pub struct TestBinary {
 }
 
 /// Builds the test binaries (`cargo test --workspace --no-run`, plus `cargo_args` such as
-/// `--all-features --locked`) and lists them.
+/// `--all-features --locked`; `-p PACKAGE` there replaces `--workspace`) and lists them.
 pub fn build(root: &Path, cargo_args: &[String]) -> Result<Vec<TestBinary>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args([
         "test",
-        "--workspace",
         "--no-run",
         "--message-format=json-render-diagnostics",
     ]);
-    for p in HOST_ONLY {
-        cmd.args(["--exclude", p]);
+    // The whole workspace unless the arguments pick packages.
+    let picks = cargo_args
+        .iter()
+        .any(|a| a.starts_with("-p") || a.starts_with("--package"));
+    if !picks {
+        cmd.arg("--workspace");
+        for p in HOST_ONLY {
+            cmd.args(["--exclude", p]);
+        }
     }
     let mut child = cmd
         .args(cargo_args)
