@@ -26,6 +26,8 @@ use crate::Result;
 pub const HUGEPAGES: u32 = 128;
 /// Guest memory.
 pub const MEMORY: &str = "3G";
+/// Size of the (sparse) ext4 image the guest's `TMPDIR` is on.
+const SCRATCH_BYTES: u64 = 2 << 30;
 /// The environment variable tests read to size themselves down for the emulated guest, where
 /// the fault paths run 10-14 times slower than on the host. Its value is `tcg` or `kvm`.
 pub const VM_ENV: &str = "UFFD_TEST_VM";
@@ -144,6 +146,23 @@ sysctl -q -w vm.nr_hugepages={HUGEPAGES} >/dev/null 2>&1 || true
 echo "guest: vm.nr_hugepages=$(cat /proc/sys/vm/nr_hugepages)," \
     "transparent_hugepage: $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
 export {report_var}={report} {VM_ENV}={accel} RUST_BACKTRACE=1
+# The temp dir on a disk (ext4), as on the host: the guest's /tmp is tmpfs, where msync leaves
+# pages dirty and files have no holes to find.
+tmpdir=/tmp/uffd-test-tmp
+mkdir -p "$tmpdir"
+modprobe -q -a virtio_blk ext4 2>/dev/null || true
+dev=
+for _ in $(seq 100); do
+    for d in /dev/vd?; do [ -b "$d" ] && dev=$d; done
+    [ -n "$dev" ] && break
+    sleep 0.1
+done
+if [ -n "$dev" ] && mount -t ext4 "$dev" "$tmpdir"; then
+    export TMPDIR=$tmpdir
+    echo "guest: TMPDIR=$tmpdir (ext4 on $dev)"
+else
+    echo "guest: warning: no scratch disk; TMPDIR stays on tmpfs"
+fi
 run() {{
     local i=$1 dir=$2 exe=$3 label=$4
     shift 4
@@ -217,6 +236,19 @@ pub fn run(
         .and_then(|()| fs::set_permissions(&script_path, fs::Permissions::from_mode(0o755)))
         .map_err(|e| format!("{}: {e}", script_path.display()))?;
 
+    // The scratch disk the guest's TMPDIR goes on.
+    let disk = dir.join("scratch.img");
+    fs::File::create(&disk)
+        .and_then(|f| f.set_len(SCRATCH_BYTES))
+        .map_err(|e| format!("{}: {e}", disk.display()))?;
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&disk)
+        .status()
+        .map_err(|e| format!("running mkfs.ext4 (apt: e2fsprogs): {e}"))?;
+    if !mkfs.success() {
+        return Err(format!("mkfs.ext4 {} failed ({mkfs})", disk.display()));
+    }
     let mut append = vec![format!("module_blacklist={}", MODULE_BLACKLIST.join(","))];
     append.push(format!("hugepages={HUGEPAGES}"));
     let mut cmd = Command::new(vng);
@@ -240,7 +272,9 @@ pub fn run(
             &cpus.to_string(),
         ])
         .arg("--rwdir")
-        .arg(dir);
+        .arg(dir)
+        .arg("--disk")
+        .arg(&disk);
     if accel == Accel::Tcg {
         cmd.arg("--disable-kvm");
     }
