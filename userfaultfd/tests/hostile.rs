@@ -50,10 +50,15 @@ fn hostile<F: FnOnce() + Send + 'static>(body: F) {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     let before = open_fds();
     let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || {
-        body();
-        let _ = tx.send(());
-    });
+    // Named after the test, so that what it records (test_kit::report) names the test.
+    let name = thread::current().name().unwrap_or("hostile").to_string();
+    let handle = thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            body();
+            let _ = tx.send(());
+        })
+        .expect("spawn the test body");
     match rx.recv_timeout(LIMIT) {
         Ok(()) => handle.join().expect("test body"),
         Err(RecvTimeoutError::Disconnected) => match handle.join() {
