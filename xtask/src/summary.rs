@@ -137,7 +137,8 @@ impl Summary {
     }
 }
 
-/// Prints the reasons: every skip and every asserted-unsupported feature, grouped.
+/// Prints the reasons: every skip and every asserted-unsupported feature, grouped (one line per
+/// record: a test may record more than one).
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut skips = Vec::new();
@@ -160,11 +161,11 @@ impl fmt::Display for Summary {
                 )),
             }
         }
-        writeln!(f, "skipped ({}):", skips.len())?;
+        writeln!(f, "skip records ({}):", skips.len())?;
         for s in &skips {
             writeln!(f, "{s}")?;
         }
-        writeln!(f, "asserted-unsupported ({}):", unsupported.len())?;
+        writeln!(f, "asserted-unsupported records ({}):", unsupported.len())?;
         for u in &unsupported {
             writeln!(f, "{u}")?;
         }
