@@ -234,7 +234,7 @@ test result: looks like a test name
         assert!(!s.green());
         let text = s.to_string();
         assert!(
-            text.contains("skipped (2):\n  serve t1: no huge pages\n"),
+            text.contains("skip records (2):\n  serve t1: no huge pages\n"),
             "{text}"
         );
         assert!(text.contains("  api t2: UFFDIO_MOVE (Linux 6.8)"), "{text}");
