@@ -5,7 +5,8 @@
 //! The script runs every test binary from its package folder and leaves, in a folder shared
 //! read-write with the guest, one `N.log` (the binary's output), `N.status` (its exit status) and
 //! `N.ms` (its wall time) per binary, plus `uname` (`uname -r`) and the tests' records. A binary
-//! whose status file is missing did not finish (a guest panic or the overall time limit).
+//! whose status file is missing did not finish (a guest panic or the overall time limit); one
+//! that runs past 20 minutes is killed (`timeout`, status 124 or 137).
 
 use std::fmt::Write as _;
 use std::fs;
