@@ -24,6 +24,42 @@ use libc::{c_int, EFAULT, EINVAL, ENOENT};
 use test_kit::mapping::Map;
 use userfaultfd_sys::*;
 
+/// Whether the running kernel is at least `major.minor` (`uname(2)`). Before the version that
+/// brings an ioctl the kernel answers it with `EINVAL` (userfaultfd) or `ENOTTY` (pagemap).
+fn linux_at_least(major: u32, minor: u32) -> bool {
+    // SAFETY: utsname is plain old data, filled by uname(2).
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a live utsname.
+    assert_eq!(unsafe { libc::uname(&mut u) }, 0);
+    // SAFETY: uname NUL-terminates `release`.
+    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (major, minor)
+}
+
+/// On a kernel before `since`, asserts that `got` is what it answers for the unknown ioctl
+/// `name` (`want`), records the test as asserted-unsupported, and returns true: return then.
+fn lacks_ioctl(name: &str, since: (u32, u32), got: Result<c_int, c_int>, want: c_int) -> bool {
+    if linux_at_least(since.0, since.1) {
+        return false;
+    }
+    assert_eq!(
+        got,
+        Err(want),
+        "{name} before Linux {}.{}",
+        since.0,
+        since.1
+    );
+    test_kit::report::unsupported(
+        name,
+        &format!("{}.{}", since.0, since.1),
+        format!("errno {want} for the unknown ioctl"),
+    );
+    true
+}
+
 /// Opens a userfaultfd with `userfaultfd(2)`; the handshake is not done yet.
 fn raw_uffd() -> OwnedFd {
     // SAFETY: `userfaultfd(2)` takes one flags argument and touches no memory of ours.
@@ -241,11 +277,29 @@ fn api() {
     let (r, answer) = handshake(UFFD_API, 0);
     assert_eq!(r, Ok(0));
     assert_eq!(answer.ioctls, UFFD_API_IOCTLS);
-    assert_ne!(
-        answer.features & UFFD_FEATURE_MOVE,
-        0,
-        "Linux 6.8+ reports MOVE"
-    );
+    if linux_at_least(6, 8) {
+        assert_ne!(
+            answer.features & UFFD_FEATURE_MOVE,
+            0,
+            "Linux 6.8+ reports MOVE"
+        );
+    } else {
+        let late = UFFD_FEATURE_WP_UNPOPULATED
+            | UFFD_FEATURE_POISON
+            | UFFD_FEATURE_WP_ASYNC
+            | UFFD_FEATURE_MOVE;
+        let want = [(6, 4), (6, 6), (6, 7), (6, 8)]
+            .iter()
+            .zip([
+                UFFD_FEATURE_WP_UNPOPULATED,
+                UFFD_FEATURE_POISON,
+                UFFD_FEATURE_WP_ASYNC,
+                UFFD_FEATURE_MOVE,
+            ])
+            .filter(|((a, b), _)| linux_at_least(*a, *b))
+            .fold(0, |acc, (_, f)| acc | f);
+        assert_eq!(answer.features & late, want, "features of Linux 6.4 to 6.8");
+    }
     // A second handshake on the same fd.
     assert_eq!(handshake(UFFD_API, 0).0, Err(EINVAL));
     // The copy-in still comes first.
@@ -298,7 +352,13 @@ fn register_and_unregister() {
     );
     // A good registration of anonymous memory grants every range ioctl except WRITEPROTECT (no
     // MODE_WP) and CONTINUE (no MODE_MINOR).
-    let not_granted = 1 << _UFFDIO_WRITEPROTECT | 1 << _UFFDIO_CONTINUE;
+    let mut not_granted = 1 << _UFFDIO_WRITEPROTECT | 1 << _UFFDIO_CONTINUE;
+    if !linux_at_least(6, 8) {
+        not_granted |= 1 << _UFFDIO_MOVE;
+    }
+    if !linux_at_least(6, 6) {
+        not_granted |= 1 << _UFFDIO_POISON;
+    }
     let granted = UFFD_API_RANGE_IOCTLS & !not_granted;
     assert_eq!(register(start, 4 * page, missing), (Ok(0), granted));
 
@@ -458,6 +518,9 @@ fn move_() {
         (r, arg.move_)
     };
 
+    if lacks_ioctl("UFFDIO_MOVE", (6, 8), ioctl_null(&fd, UFFDIO_MOVE), EINVAL) {
+        return;
+    }
     assert_eq!(ioctl_null(&fd, UFFDIO_MOVE), Err(EFAULT));
     assert_eq!(
         mv(dst.page(0), src.page(0), 0, 0),
@@ -573,6 +636,14 @@ fn poison() {
         let r = unsafe { ioctl(&fd, UFFDIO_POISON, &mut arg) };
         (r, arg.updated)
     };
+    if lacks_ioctl(
+        "UFFDIO_POISON",
+        (6, 6),
+        ioctl_null(&fd, UFFDIO_POISON),
+        EINVAL,
+    ) {
+        return;
+    }
     assert_eq!(ioctl_null(&fd, UFFDIO_POISON), Err(EFAULT));
     assert_eq!(poison(dst.range(0, 0), 0), (Err(EINVAL), SENTINEL), "len 0");
     assert_eq!(
@@ -656,6 +727,15 @@ fn pagemap_scan() {
         // only inside it; `start..end` is a `Mapping`, which the scan only reads.
         unsafe { ioctl(&pagemap, PAGEMAP_SCAN, &mut arg) }
     };
+    let enotty = libc::ENOTTY;
+    if lacks_ioctl(
+        "PAGEMAP_SCAN",
+        (6, 7),
+        ioctl_null(&pagemap, PAGEMAP_SCAN),
+        enotty,
+    ) {
+        return;
+    }
     assert_eq!(ioctl_null(&pagemap, PAGEMAP_SCAN), Err(EFAULT));
     let size = size_of::<pm_scan_arg>() as u64;
     assert_eq!(scan(0, &mut regions), Err(EINVAL), "size 0");

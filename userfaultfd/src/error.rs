@@ -235,8 +235,15 @@ pub enum Error {
         errno: Errno,
     },
 
-    /// The kernel lacks features the builder requires (`UFFDIO_API`).
-    #[error("UFFDIO_API: this kernel lacks the required features {missing:?} (it supports {supported:?})")]
+    /// The kernel lacks features the builder requires (`UFFDIO_API`), or that an operation
+    /// needs (`poison` without [`FeatureFlags::POISON`], `r#move` without
+    /// [`FeatureFlags::MOVE`]). The message names each missing feature with the Linux version
+    /// that brings it ([`FeatureFlags::since`]).
+    #[error(
+        "UFFDIO_API: this kernel lacks {lacks} (it supports {supports})",
+        lacks = missing.describe_with_versions(),
+        supports = supported.describe_with_versions()
+    )]
     UnsupportedFeatures {
         /// Required but unsupported.
         missing: FeatureFlags,
@@ -593,6 +600,18 @@ mod tests {
         assert!(
             d.contains("addr: 4096 }: UFFDIO_COPY: a page is already mapped at 0x1000"),
             "{d}"
+        );
+    }
+
+    #[test]
+    fn unsupported_features_name_the_version() {
+        let e = Error::UnsupportedFeatures {
+            missing: FeatureFlags::MOVE,
+            supported: FeatureFlags::THREAD_ID,
+        };
+        assert_eq!(
+            e.to_string(),
+            "UFFDIO_API: this kernel lacks MOVE (Linux 6.8) (it supports THREAD_ID (Linux 4.14))"
         );
     }
 

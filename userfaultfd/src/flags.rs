@@ -58,6 +58,60 @@ bitflags! {
     }
 }
 
+impl FeatureFlags {
+    /// The Linux version that brings this feature (x86_64), e.g. `"6.8"` for [`MOVE`](Self::MOVE);
+    /// `None` for a set of more or fewer than one named feature. Use it to say what a kernel
+    /// lacks: [`Error::UnsupportedFeatures`](crate::Error::UnsupportedFeatures) names each
+    /// missing feature with this version.
+    ///
+    /// ```
+    /// use userfaultfd::FeatureFlags;
+    /// assert_eq!(FeatureFlags::POISON.since(), Some("6.6"));
+    /// assert_eq!((FeatureFlags::POISON | FeatureFlags::MOVE).since(), None);
+    /// ```
+    pub const fn since(self) -> Option<&'static str> {
+        Some(match self.bits() {
+            sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP => "5.7",
+            sys::UFFD_FEATURE_EVENT_FORK
+            | sys::UFFD_FEATURE_EVENT_REMAP
+            | sys::UFFD_FEATURE_EVENT_REMOVE
+            | sys::UFFD_FEATURE_MISSING_HUGETLBFS
+            | sys::UFFD_FEATURE_MISSING_SHMEM
+            | sys::UFFD_FEATURE_EVENT_UNMAP => "4.11",
+            sys::UFFD_FEATURE_SIGBUS | sys::UFFD_FEATURE_THREAD_ID => "4.14",
+            sys::UFFD_FEATURE_MINOR_HUGETLBFS => "5.13",
+            sys::UFFD_FEATURE_MINOR_SHMEM => "5.14",
+            sys::UFFD_FEATURE_EXACT_ADDRESS => "5.18",
+            sys::UFFD_FEATURE_WP_HUGETLBFS_SHMEM => "5.19",
+            sys::UFFD_FEATURE_WP_UNPOPULATED => "6.4",
+            sys::UFFD_FEATURE_POISON => "6.6",
+            sys::UFFD_FEATURE_WP_ASYNC => "6.7",
+            sys::UFFD_FEATURE_MOVE => "6.8",
+            _ => return None,
+        })
+    }
+
+    /// Each named feature of the set with the version that brings it, e.g.
+    /// `"MOVE (Linux 6.8), POISON (Linux 6.6)"`; bits this crate does not name are shown as hex.
+    pub fn describe_with_versions(self) -> String {
+        let mut parts: Vec<String> = self
+            .iter_names()
+            .map(|(name, f)| match f.since() {
+                Some(v) => format!("{name} (Linux {v})"),
+                None => name.to_string(),
+            })
+            .collect();
+        let unnamed = self.bits()
+            & !FeatureFlags::all()
+                .iter_names()
+                .fold(0, |a, (_, f)| a | f.bits());
+        if unnamed != 0 {
+            parts.push(format!("{unnamed:#x} (unknown to this crate)"));
+        }
+        parts.join(", ")
+    }
+}
+
 bitflags! {
     /// Ioctls available on a userfaultfd (`UFFDIO_API`'s answer) or on a registered range
     /// (`UFFDIO_REGISTER`'s answer). Bit `n` is ioctl number `_UFFDIO_*` = `n`.
@@ -190,6 +244,18 @@ mod tests {
             .fold(0, |acc, (_, f)| acc | f.bits());
         assert_eq!(named, sys::UFFD_API_FEATURES);
         assert_eq!(FeatureFlags::all().iter_names().count(), 17);
+    }
+
+    #[test]
+    fn every_named_feature_has_a_version() {
+        for (name, f) in FeatureFlags::all().iter_names() {
+            assert!(f.since().is_some(), "{name}");
+        }
+        assert_eq!(
+            (FeatureFlags::MOVE | FeatureFlags::WP_ASYNC | FeatureFlags::from_bits_retain(1 << 40))
+                .describe_with_versions(),
+            "WP_ASYNC (Linux 6.7), MOVE (Linux 6.8), 0x10000000000 (unknown to this crate)"
+        );
     }
 
     #[test]

@@ -41,8 +41,25 @@ use userfaultfd_sys as sys;
 use crate::error::{AddrRange, Error, Operation, Result};
 use crate::register::region_range;
 use crate::{
-    range, raw, ContinueMode, CopyMode, MoveMode, PoisonMode, Uffd, WriteProtectMode, ZeropageMode,
+    range, raw, ContinueMode, CopyMode, FeatureFlags, MoveMode, PoisonMode, Uffd, WriteProtectMode,
+    ZeropageMode,
 };
+
+impl Uffd {
+    /// [`Error::UnsupportedFeatures`] when the kernel is known to lack `feature` (its ioctl would
+    /// fail with a bare `EINVAL`); `Ok` when it has it or when the supported set is unknown.
+    fn kernel_has(&self, feature: FeatureFlags) -> Result<()> {
+        let supported = self.supported_features();
+        if supported.is_empty() || supported.contains(feature) {
+            Ok(())
+        } else {
+            Err(Error::UnsupportedFeatures {
+                missing: feature,
+                supported,
+            })
+        }
+    }
+}
 
 /// The partial-progress rule (see [`Error`]) as a pure function: what a range
 /// ioctl's outcome means, given the errno it failed with (`None` on success), the value the
@@ -421,6 +438,7 @@ impl Uffd {
     /// # Errors
     ///
     /// As [`copy`](Self::copy); poison never replaces a present page (`EEXIST`).
+    /// [`Error::UnsupportedFeatures`] naming `POISON (Linux 6.6)` when the kernel lacks it.
     #[doc(alias = "UFFDIO_POISON")]
     pub unsafe fn poison(&self, start: *mut c_void, len: usize, wake: bool) -> Result<usize> {
         let mode = PoisonMode::from_bits_retain(wake_mode(wake, sys::UFFDIO_POISON_MODE_DONTWAKE));
@@ -443,6 +461,8 @@ impl Uffd {
         len: usize,
         mode: PoisonMode,
     ) -> Result<usize> {
+        range::check(Operation::Poison, start as usize, len)?;
+        self.kernel_has(FeatureFlags::POISON)?;
         let mut arg = sys::uffdio_poison {
             range: uffdio_range(start, len),
             mode: mode.bits(),
@@ -468,7 +488,8 @@ impl Uffd {
     /// Both ranges must be private anonymous memory of the process that created this `Uffd`,
     /// with `dst` registered; `src` pages must be exclusive to this process (use `MADV_DONTFORK`
     /// on `src` if the process forks). The `Uffd` needs [`FeatureFlags::MOVE`](crate::FeatureFlags::MOVE)
-    /// (`EINVAL` otherwise). Kernel documentation: `UFFDIO_MOVE(2const)`, [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html).
+    /// ([`Error::UnsupportedFeatures`] naming `MOVE (Linux 6.8)` on a kernel without it;
+    /// `EINVAL` from a kernel that has it but this fd did not enable it). Kernel documentation: `UFFDIO_MOVE(2const)`, [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html).
     ///
     /// The method is named `r#move` because `move` is a Rust keyword: `r#` is the
     /// raw-identifier prefix, written at every call (`uffd.r#move(src, dst, len, true)`).
@@ -537,7 +558,10 @@ impl Uffd {
         len: usize,
         mode: MoveMode,
     ) -> Result<usize> {
-        range::check(Operation::Move, src as usize, len)?;
+        let op = Operation::Move;
+        range::check(op, dst as usize, len)?;
+        range::check(op, src as usize, len)?;
+        self.kernel_has(FeatureFlags::MOVE)?;
         let mut arg = sys::uffdio_move {
             dst: dst as u64,
             src: src as u64,

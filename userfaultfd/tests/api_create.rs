@@ -94,7 +94,9 @@ fn features_are_reported() {
     let before = count_fds();
     let probed = UffdBuilder::probe_features().unwrap();
     assert_eq!(count_fds(), before, "probe closes its throwaway fd");
-    // Everything a 6.18 x86_64 kernel supports.
+    // Everything a 6.18 x86_64 kernel supports; on an older kernel, exactly those its version
+    // brings (6.1 lacks the four of 6.4 to 6.8).
+    let running = kernel::version();
     for f in [
         FeatureFlags::PAGEFAULT_FLAG_WP,
         FeatureFlags::EVENT_FORK,
@@ -114,7 +116,17 @@ fn features_are_reported() {
         FeatureFlags::WP_ASYNC,
         FeatureFlags::MOVE,
     ] {
-        assert!(probed.contains(f), "{f:?} missing from {probed:?}");
+        let since = f.since().expect("a named feature");
+        let (major, minor) = since.split_once('.').expect("major.minor");
+        let brought = (major.parse().unwrap(), minor.parse().unwrap());
+        if running >= brought {
+            assert!(probed.contains(f), "{f:?} missing from {probed:?}");
+        } else {
+            assert!(
+                !probed.contains(f),
+                "{f:?} (Linux {since}) reported by Linux {running:?}"
+            );
+        }
     }
     let want = FeatureFlags::THREAD_ID | FeatureFlags::EXACT_ADDRESS | FeatureFlags::EVENT_FORK;
     let uffd = UffdBuilder::new().require_features(want).create().unwrap();
@@ -175,15 +187,42 @@ fn require_ioctls() {
         .create()
         .unwrap();
     drop(uffd);
-    // Range ioctls this kernel can provide are accepted at creation and checked at register.
+    // Range ioctls this kernel can provide are accepted at creation and checked at register;
+    // those its features cannot provide (MOVE before 6.8, POISON before 6.6) are refused at
+    // creation.
+    let supported = UffdBuilder::probe_features().unwrap();
+    let mut want = IoctlFlags::COPY;
+    for (ioctl, feature) in [
+        (IoctlFlags::MOVE, FeatureFlags::MOVE),
+        (IoctlFlags::POISON, FeatureFlags::POISON),
+    ] {
+        if supported.contains(feature) {
+            want |= ioctl;
+            continue;
+        }
+        let e = UffdBuilder::new()
+            .require_ioctls(IoctlFlags::COPY | ioctl)
+            .create()
+            .unwrap_err();
+        match &e {
+            Error::UnsupportedIoctls {
+                op: Operation::Api,
+                missing,
+                ..
+            } => assert_eq!(*missing, ioctl, "{e}"),
+            other => panic!("expected UnsupportedIoctls for {ioctl:?}, got {other:?}"),
+        }
+        let since = feature.since().unwrap();
+        test_kit::report::unsupported(&format!("UFFDIO_{}", kernel::name(feature)), since, &e);
+    }
     let uffd = UffdBuilder::new()
         .non_blocking(true)
-        .require_ioctls(IoctlFlags::COPY | IoctlFlags::MOVE | IoctlFlags::POISON)
+        .require_ioctls(want)
         .create()
         .unwrap();
     let mem = Map::anon(ps());
     let got = uffd.register(mem.ptr(), ps()).unwrap();
-    assert!(got.contains(IoctlFlags::COPY | IoctlFlags::MOVE | IoctlFlags::POISON));
+    assert!(got.contains(want));
     drop(uffd);
     // An ioctl bit no kernel has: refused at creation, no fd leaked.
     let bogus = IoctlFlags::from_bits_retain(1 << 30);

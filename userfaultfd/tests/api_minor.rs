@@ -109,6 +109,14 @@ fn continue_with_wp_mode_maps_protected() {
     if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
         return;
     }
+    if !kernel::at_least(6, 4) {
+        // No feature bit announces UFFDIO_CONTINUE_MODE_WP: the kernel's version does.
+        test_kit::report::skip(format!(
+            "UFFDIO_CONTINUE_MODE_WP needs Linux 6.4; this is {:?}",
+            kernel::version()
+        ));
+        return;
+    }
     let ps = ps();
     let uffd = uffd();
     if !uffd

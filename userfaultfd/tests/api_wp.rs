@@ -161,7 +161,11 @@ fn wp_async_pagemap_scan_round_trip() {
     }
     const PAGES: usize = 16;
     let ps = ps();
-    let uffd = uffd_with(FeatureFlags::WP_ASYNC);
+    let Some(uffd) =
+        kernel::uffd_with_or_unsupported(FeatureFlags::WP_ASYNC, FeatureFlags::empty())
+    else {
+        return;
+    };
     let len = PAGES * ps;
     let mem = Map::anon(len);
     uffd.register_with_mode(mem.ptr(), len, RegisterMode::WRITE_PROTECT)

@@ -74,7 +74,25 @@ fn fault_hot_path_does_not_allocate() {
         | FeatureFlags::MINOR_SHMEM
         | FeatureFlags::PAGEFAULT_FLAG_WP;
     if !supported.contains(needed) {
-        eprintln!("skipped: the kernel lacks {:?}", needed - supported);
+        let missing = needed - supported;
+        for (name, f) in missing.iter_names() {
+            let since = f.since().expect("a named feature");
+            if !(FeatureFlags::MOVE | FeatureFlags::POISON).contains(f) {
+                test_kit::report::skip(format!("the kernel lacks {name} (Linux {since})"));
+                continue;
+            }
+            // MOVE (6.8), POISON (6.6): the library's typed error, naming feature and version.
+            let e = UffdBuilder::new().require_features(f).create().unwrap_err();
+            assert!(
+                matches!(e, Error::UnsupportedFeatures { missing, .. } if missing == f),
+                "{e:?}"
+            );
+            assert!(
+                e.to_string().contains(&format!("{name} (Linux {since})")),
+                "{e}"
+            );
+            test_kit::report::unsupported(name, since, &e);
+        }
         return;
     }
     let uffd = match UffdBuilder::new()

@@ -68,13 +68,14 @@ fn poison_region_is_safe_over_an_owned_mapping_and_traps_there() {
     const NAME: &str = "poison_region_is_safe_over_an_owned_mapping_and_traps_there";
     let ps = ps();
     let uffd = UffdBuilder::new().user_mode_only(true).create().unwrap();
-    if !uffd.supported_features().contains(FeatureFlags::POISON) {
-        println!("SKIPPED {NAME}: this kernel has no UFFDIO_POISON (Linux 6.6)");
-        return;
-    }
     let mem = MemoryMapping::new_private(2 * ps).unwrap();
     uffd.register_region(&mem, RegisterMode::MISSING).unwrap();
-    assert_eq!(uffd.poison_region(&mem, ps, ps, true).unwrap(), ps);
+    let poisoned = uffd.poison_region(&mem, ps, ps, true);
+    if !uffd.supported_features().contains(FeatureFlags::POISON) {
+        common::kernel::assert_lacks(FeatureFlags::POISON, &poisoned.unwrap_err());
+        return;
+    }
+    assert_eq!(poisoned.unwrap(), ps);
     // Poison never replaces anything, itself included.
     let e = uffd.poison_region(&mem, ps, ps, true).unwrap_err();
     assert!(matches!(e, Error::AlreadyMapped { .. }), "{e:?}");
@@ -283,18 +284,14 @@ fn event_buffer_sizes_are_bounded() {
 
 #[test]
 fn wp_async_reports_the_wp_unpopulated_the_kernel_adds() {
-    let features = UffdBuilder::probe_features().unwrap();
-    if !features.contains(FeatureFlags::WP_ASYNC) {
-        println!(
-            "SKIPPED wp_async_reports_the_wp_unpopulated_the_kernel_adds: no WP_ASYNC (Linux 6.7)"
-        );
-        return;
-    }
-    let uffd = UffdBuilder::new()
+    let uffd = match UffdBuilder::new()
         .user_mode_only(true)
         .require_features(FeatureFlags::WP_ASYNC)
         .create()
-        .unwrap();
+    {
+        Ok(uffd) => uffd,
+        Err(e) => return common::kernel::assert_lacks(FeatureFlags::WP_ASYNC, &e),
+    };
     let built = uffd.features();
     assert!(built.contains(FeatureFlags::WP_ASYNC | FeatureFlags::WP_UNPOPULATED));
     // The same as the kernel says for the fd.

@@ -15,12 +15,18 @@ fn config(kind: MemKind, wp: bool) -> Config {
     Config {
         kind,
         pages: if kind == MemKind::Hugetlb { 12 } else { 1024 },
-        bounces: 32,
+        bounces: if emulated() { 8 } else { 32 },
         wp,
         threads,
         ops_per_bounce: if kind == MemKind::Hugetlb { 300 } else { 1000 },
-        bounce_limit: Duration::from_secs(20),
+        bounce_limit: Duration::from_secs(if emulated() { 120 } else { 20 }),
     }
+}
+
+/// Whether this runs in `cargo xtask vm-test`'s guest (`UFFD_TEST_VM` set), where an emulated
+/// CPU makes every fault 10-14 times slower: fewer bounces, longer bounds.
+fn emulated() -> bool {
+    std::env::var_os("UFFD_TEST_VM").is_some_and(|v| v == "tcg")
 }
 
 /// The hugetlb runs take turns: each checks that twice its huge pages are free, which both
@@ -34,7 +40,8 @@ fn stress(kind: MemKind, wp: bool) {
     let cfg = config(kind, wp);
     let _turn =
         (kind == MemKind::Hugetlb).then(|| HUGETLB.lock().unwrap_or_else(|p| p.into_inner()));
-    match run_bounded(cfg, Duration::from_secs(60)) {
+    let limit = Duration::from_secs(if emulated() { 600 } else { 60 });
+    match run_bounded(cfg, limit) {
         Ok(Outcome::Done(r)) => {
             println!("{kind:?} wp={wp}: {r:?}");
             assert!(r.missing_faults > 0, "no fault was raced: {r:?}");

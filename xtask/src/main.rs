@@ -23,6 +23,12 @@
 //! run ends (see [`rundir`]), so that two runs at once do not collide. Only the unpacked headers
 //! are shared between runs, and they are installed there with one atomic rename.
 //!
+//! * `cargo xtask test [-- CARGO_TEST_ARGS]` runs `cargo test --workspace` on this machine's kernel
+//!   and ends with the counts of passed, failed, skipped and asserted-unsupported tests, and the
+//!   reasons of the skips ([`hosttest`], [`summary`]).
+//! * `cargo xtask vm-test [--kernel 6.1] [-- CARGO_TEST_ARGS [-- TEST_ARGS]]` runs the test binaries
+//!   under Debian's Linux 6.1 in qemu, with the same summary ([`vmtest`]).
+//!
 //! The modules: [`debian`] downloads the headers, [`bindings`] runs bindgen, [`ioctl_numbers`]
 //! compiles and runs the C program, [`diff`] compares with the committed files.
 
@@ -35,8 +41,11 @@ mod bindings;
 mod debian;
 mod diff;
 mod headers;
+mod hosttest;
 mod ioctl_numbers;
 mod rundir;
+mod summary;
+mod vmtest;
 
 pub use debian::{PINNED_PACKAGE, PINNED_VERSION};
 pub use headers::HeaderSource;
@@ -54,7 +63,9 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask bindgen [--headers DIR] [--check]";
+const USAGE: &str = "usage: cargo xtask bindgen [--headers DIR] [--check]
+       cargo xtask test [-- CARGO_TEST_ARGS]
+       cargo xtask vm-test [--kernel SERIES] [--timeout MINUTES] [-- CARGO_TEST_ARGS [-- TEST_ARGS]]";
 
 fn run(args: &[String]) -> Result<()> {
     let Some((cmd, rest)) = args.split_first() else {
@@ -81,6 +92,24 @@ fn run(args: &[String]) -> Result<()> {
             }
             bindgen_cmd(headers, check)
         }
+        "test" => match rest.split_first() {
+            None => hosttest::run(&workspace_root(), &[]),
+            Some((dd, cargo_args)) if dd == "--" => hosttest::run(&workspace_root(), cargo_args),
+            Some((a, _)) if a == "-h" || a == "--help" => {
+                println!("usage: cargo xtask test [-- CARGO_TEST_ARGS]");
+                Ok(())
+            }
+            Some((other, _)) => Err(format!(
+                "unknown argument {other:?}: cargo test's arguments go after `--`\n{USAGE}"
+            )),
+        },
+        "vm-test" => match vmtest::Options::parse(rest)? {
+            Some(o) => vmtest::run(&workspace_root(), &o),
+            None => {
+                println!("{}", vmtest::USAGE);
+                Ok(())
+            }
+        },
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())
