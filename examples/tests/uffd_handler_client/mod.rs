@@ -372,11 +372,16 @@ impl Vm {
             .unwrap_or_else(|| panic!("the VM printed no {prefix:?}:\n{}", self.output()))
     }
 
-    /// Lets a paused VM go on.
+    /// Lets a paused VM go on. A VM that has already exited (its handler was killed, and it
+    /// failed on its own before being resumed) has closed its stdin: that is not an error
+    /// here; the caller checks how the VM ended.
     pub fn resume(&mut self) {
         let stdin = self.stdin.as_mut().expect("stdin");
-        stdin.write_all(b"go\n").unwrap();
-        stdin.flush().unwrap();
+        match stdin.write_all(b"go\n").and_then(|()| stdin.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => panic!("resuming the VM: {e}"),
+        }
     }
 
     /// Waits (bounded) for the VM to exit.
