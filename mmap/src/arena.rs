@@ -530,6 +530,12 @@ mod tests {
 
     /// The permissions column of `/proc/self/maps` for the VMA containing `addr`.
     fn perms_at(addr: *const u8) -> Option<String> {
+        // /proc/self/maps is read in pieces, so a line can be missed while other test threads
+        // map and unmap; a mapping really absent is absent every time.
+        (0..10).find_map(|_| perms_at_once(addr))
+    }
+
+    fn perms_at_once(addr: *const u8) -> Option<String> {
         let a = addr as usize;
         std::fs::read_to_string("/proc/self/maps")
             .unwrap()
