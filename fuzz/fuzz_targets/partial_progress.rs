@@ -14,7 +14,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use userfaultfd::{range_outcome, Errno, Error, Operation};
+use userfaultfd::{range_outcome, AddrRange, Errno, Error, Operation};
 
 const OPS: [Operation; 5] = [
     Operation::Copy,
@@ -56,19 +56,21 @@ fn check_kernel(op: Operation, kernel: Kernel, len: usize, dst: usize) {
             Kernel::Partial(k),
             Err(Error::PartialProgress {
                 op: o,
+                dst: d,
                 done,
                 len: l,
                 ..
             }),
-        ) => assert!(*o == op && *done == k && *l == len, "{got:?}"),
+        ) => assert!(*o == op && *d == dst && *done == k && *l == len, "{got:?}"),
         (Kernel::Failed(Errno::EEXIST), Err(Error::AlreadyMapped { op: o, addr })) => {
             assert!(*o == op && *addr == dst, "{got:?}")
         }
         (Kernel::Failed(Errno::EAGAIN), Err(Error::MappingChanging { op: o })) => {
             assert_eq!(*o, op)
         }
-        (Kernel::Failed(e), Err(Error::Os { op: o, errno })) => {
-            assert!(*o == op && errno == &e && e != Errno::EEXIST && e != Errno::EAGAIN)
+        (Kernel::Failed(e), Err(Error::Os { op: o, errno, range })) => {
+            assert!(*o == op && errno == &e && e != Errno::EEXIST && e != Errno::EAGAIN);
+            assert_eq!(*range, Some(AddrRange::new(dst, len)), "the error names the range");
         }
         _ => panic!("the kernel did {kernel:?} (len {len}); range_outcome says {got:?}"),
     }

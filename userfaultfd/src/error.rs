@@ -182,7 +182,7 @@ pub enum Error {
     /// reports the actual cause with nothing done.
     #[error("{op} on {dst:#x} did {done} of {len} bytes, then stopped with {errno} ({desc}); \
              resume at {resume:#x}",
-            desc = errno.desc(), resume = dst + done)]
+            desc = errno.desc(), resume = dst.wrapping_add(*done))]
     PartialProgress {
         /// What was called.
         op: Operation,
