@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use libc::c_void;
 use userfaultfd::{Event, Uffd, UffdBuilder};
 
+pub mod moto;
+
 /// How long a bounded wait may take before the test fails (never reached when things work).
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// The same, in milliseconds for poll(2).

@@ -70,8 +70,14 @@ impl Drop for OwnedRuntime {
 }
 
 enum Spec {
-    Store { store: Arc<dyn ObjectStore>, path: Path },
-    Url { url: url::Url, options: Vec<(String, String)> },
+    Store {
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+    },
+    Url {
+        url: url::Url,
+        options: Vec<(String, String)>,
+    },
 }
 
 /// Configures and opens an [`ObjectStoreSource`]. From [`ObjectStoreSource::builder`] or

@@ -272,7 +272,11 @@ impl ChunkCache {
         if let Some(Slot::Ready(e)) = st.slots.get_mut(&index) {
             let len = e.data.len();
             let first = start.div_ceil(GRANULE);
-            let last = if end >= len { len.div_ceil(GRANULE) } else { end / GRANULE };
+            let last = if end >= len {
+                len.div_ceil(GRANULE)
+            } else {
+                end / GRANULE
+            };
             for g in first..last {
                 let (w, b) = (g / 64, 1u64 << (g % 64));
                 if e.consumed[w] & b == 0 {
@@ -316,7 +320,10 @@ mod tests {
         };
         assert!(matches!(c.lookup(3), Lookup::Wait(_)));
         c.finish(3, &f, Ok(Bytes::from(vec![7u8; 1 << 20])));
-        assert_eq!(f.wait_blocking(Duration::from_secs(1)).unwrap().unwrap()[0], 7);
+        assert_eq!(
+            f.wait_blocking(Duration::from_secs(1)).unwrap().unwrap()[0],
+            7
+        );
         assert!(matches!(c.lookup(3), Lookup::Hit(_)));
         assert_eq!(c.usage().0, 1 << 20);
     }
@@ -325,12 +332,16 @@ mod tests {
     fn evicts_consumed_first_then_lru() {
         let c = ChunkCache::new(2 << 20, 1 << 20);
         for i in 0..2 {
-            let Lookup::Fetch(f) = c.lookup(i) else { panic!() };
+            let Lookup::Fetch(f) = c.lookup(i) else {
+                panic!()
+            };
             c.finish(i, &f, Ok(Bytes::from(vec![0u8; 1 << 20])));
         }
         c.lookup(0); // 1 is now least recently used ...
         c.consume(0, 0, 1 << 20); // ... but 0 was read to the end
-        let Lookup::Fetch(f) = c.lookup(2) else { panic!() };
+        let Lookup::Fetch(f) = c.lookup(2) else {
+            panic!()
+        };
         c.finish(2, &f, Ok(Bytes::from(vec![0u8; 1 << 20])));
         assert!(matches!(c.lookup(1), Lookup::Hit(_)));
         assert!(matches!(c.lookup(0), Lookup::Fetch(_)));
@@ -340,12 +351,17 @@ mod tests {
     #[test]
     fn failure_is_held_and_forgotten() {
         let c = ChunkCache::new(2 << 20, 1 << 20);
-        let Lookup::Fetch(f) = c.lookup(0) else { panic!() };
+        let Lookup::Fetch(f) = c.lookup(0) else {
+            panic!()
+        };
         c.finish(0, &f, Err(ObjectStoreSourceError::Config("x".into())));
         assert!(f.wait_blocking(Duration::from_secs(1)).unwrap().is_err());
         assert!(c.held_failure(Duration::from_secs(60)).is_some());
         assert!(c.held_failure(Duration::ZERO).is_none());
-        assert!(matches!(c.lookup(0), Lookup::Fetch(_)), "a failed chunk is not cached");
+        assert!(
+            matches!(c.lookup(0), Lookup::Fetch(_)),
+            "a failed chunk is not cached"
+        );
         c.clear_failure();
         assert!(c.held_failure(Duration::from_secs(60)).is_none());
     }

@@ -87,7 +87,9 @@ pub enum ObjectStoreSourceError {
     /// Every attempt failed with an error worth retrying (connection refused or reset, a 5xx
     /// answer), or the store failed so recently that the source did not try again yet
     /// ([`RetryPolicy::failure_hold`](super::RetryPolicy::failure_hold)).
-    #[error("object store unavailable for {path} after {attempts} attempts in {elapsed:?}: {source}")]
+    #[error(
+        "object store unavailable for {path} after {attempts} attempts in {elapsed:?}: {source}"
+    )]
     Unavailable {
         /// The object's path in the store.
         path: String,

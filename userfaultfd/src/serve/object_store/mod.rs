@@ -1,86 +1,5 @@
-//! [`ObjectStoreSource`]: a snapshot image read from object storage (S3 and every other
-//! back end of the [`object_store`] crate), chunk by chunk, as its pages are faulted in.
-//! Feature `object-store` (which needs Rust 1.85, `object_store`'s own minimum; the rest of
-//! the crate builds with 1.80).
-//!
-//! # Layout: one object, read in ranged chunks
-//!
-//! The image is **one object**, exactly the bytes of the memory file (what `aws s3 cp mem
-//! s3://bucket/key` or [`ObjectStore::put`](object_store::ObjectStoreExt::put) uploads). The
-//! source reads it in aligned chunks (default 2 MiB) with ranged `GET`s. Why one object rather
-//! than one object per chunk:
-//!
-//! - No special upload, manifest or naming scheme: the object an eager restore would download
-//!   is the object this source reads, and any tool can write or inspect it.
-//! - **One version**: the source records the object's ETag when it opens it and sends it with
-//!   every request (`If-Match`), so an object replaced during a restore fails the reads
-//!   ([`ObjectStoreSourceError::Changed`]) instead of mixing chunks of two images. Separate
-//!   chunk objects have no such single version.
-//! - On S3 a ranged `GET` costs the same whatever the object's size, and ranges of one object
-//!   are fetched concurrently as well as separate objects are. (Local S3 emulators may differ:
-//!   moto reads the whole stored object for every ranged `GET`, so there a chunk of a 256 MiB
-//!   object costs as much as downloading it; figures measured against it say more about moto
-//!   than about this source.)
-//!
-//! # Chunks, cache, single flight
-//!
-//! A read needs the chunks it covers. A chunk is fetched **once** however many faults want it
-//! at the same time: the first read starts the request (as a task on the source's runtime, so
-//! it completes even if that reader gives up) and every other read of the chunk waits for the
-//! same answer. Fetched chunks stay in a cache bounded by
-//! [`cache_bytes`](ObjectStoreSourceBuilder::cache_bytes) (default 64 MiB); when it is full, a
-//! chunk whose every page was read goes first (a server copies each page once), then the least
-//! recently used one. After a read, up to [`readahead`](ObjectStoreSourceBuilder::readahead)
-//! following chunks are fetched too (default 4), while the cache has room for them and fewer
-//! than [`concurrency`](ObjectStoreSourceBuilder::concurrency) requests are in flight (default
-//! 8), so a background fill moving through the image keeps several requests going.
-//!
-//! With the threaded [`Server`](crate::serve::Server), set its
-//! [`prefetch`](crate::serve::ServerBuilder::prefetch) and
-//! [`prefetch_max`](crate::serve::ServerBuilder::prefetch_max) to the source's
-//! [`chunk_size`](ObjectStoreSource::chunk_size): a fault then brings in its whole chunk at
-//! once, and no chunk has to be fetched again after eviction.
-//!
-//! # Failures
-//!
-//! Requests are retried with backoff within short bounds ([`RetryPolicy`]), so a fault waits
-//! at most [`RetryPolicy::deadline`] for a store that does not answer. Errors are typed
-//! ([`ObjectStoreSourceError`]: missing object, refused credentials, an object shorter than
-//! the regions, a changed object, time-outs); the server gets them as an [`std::io::Error`]
-//! whose kind says which, and applies its [`FailurePolicy`](crate::serve::FailurePolicy).
-//!
-//! # Sync and async
-//!
-//! The source is an [`AsyncPageSource`] (for async servers) and a [`PageSource`] (for the
-//! threaded [`Server`](crate::serve::Server)). Its requests run on a tokio runtime:
-//! [`ObjectStoreSourceBuilder::open_blocking`] starts one the source owns (one thread, named
-//! `uffd-objstore`), [`ObjectStoreSourceBuilder::open`] uses the runtime it is awaited on. The
-//! blocking [`PageSource::read_at`] waits for that runtime from the calling thread, so it must
-//! not be called from a thread of a tokio runtime (it returns an error there instead of
-//! blocking the runtime, which could deadlock it); the server's threads are plain threads.
-//!
-//! ```no_run
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::sync::Arc;
-//! use std::time::Duration;
-//! use userfaultfd::serve::{ObjectStoreSource, Region, ServerBuilder};
-//!
-//! // Credentials and region from the environment (AWS_ACCESS_KEY_ID, ...), as object_store's
-//! // AmazonS3Builder::from_env reads them; options override them.
-//! let source = ObjectStoreSource::from_url("s3://snapshots/vm1/mem")?
-//!     .option("endpoint", "http://127.0.0.1:9000")
-//!     .option("allow_http", "true")
-//!     .open_blocking()?;
-//! let chunk = source.chunk_size() as usize;
-//! let memory = Arc::new(userfaultfd::mmap::MemoryMapping::new_private(source.len() as usize)?);
-//! let server = ServerBuilder::new()
-//!     .prefetch(chunk)
-//!     .prefetch_max(chunk)
-//!     .region(Region::new(memory.clone(), Arc::new(source)))
-//!     .start(userfaultfd::UffdBuilder::new().create()?)?;
-//! server.wait_populated(Duration::from_secs(60))?;
-//! # Ok(()) }
-//! ```
+//! [`ObjectStoreSource`]: a snapshot image read from object storage, chunk by chunk, as its
+//! pages are faulted in (feature `object-store`). The documentation is on the type.
 
 mod builder;
 mod cache;
@@ -115,9 +34,89 @@ pub const DEFAULT_CONCURRENCY: usize = 8;
 /// Default [`ObjectStoreSourceBuilder::readahead`].
 pub const DEFAULT_READAHEAD: usize = 4;
 
-/// A page source reading one object of an object store in chunks, with a bounded chunk cache,
-/// single-flight fetches, read-ahead and bounded retries. See the [module
-/// documentation](self) for the layout, the cache and the failure handling.
+/// A snapshot image read from object storage (S3 and every other
+/// back end of the [`object_store`] crate), chunk by chunk, as its pages are faulted in.
+/// Feature `object-store` (which needs Rust 1.85, `object_store`'s own minimum; the rest of
+/// the crate builds with 1.80).
+///
+/// # Layout: one object, read in ranged chunks
+///
+/// The image is **one object**, exactly the bytes of the memory file (what `aws s3 cp mem
+/// s3://bucket/key` or [`ObjectStore::put`](object_store::ObjectStoreExt::put) uploads). The
+/// source reads it in aligned chunks (default 2 MiB) with ranged `GET`s. Why one object rather
+/// than one object per chunk:
+///
+/// - No special upload, manifest or naming scheme: the object an eager restore would download
+///   is the object this source reads, and any tool can write or inspect it.
+/// - **One version**: the source records the object's ETag when it opens it and sends it with
+///   every request (`If-Match`), so an object replaced during a restore fails the reads
+///   ([`ObjectStoreSourceError::Changed`]) instead of mixing chunks of two images. Separate
+///   chunk objects have no such single version.
+/// - On S3 a ranged `GET` costs the same whatever the object's size, and ranges of one object
+///   are fetched concurrently as well as separate objects are. (Local S3 emulators may differ:
+///   moto reads the whole stored object for every ranged `GET`, so there a chunk of a 256 MiB
+///   object costs as much as downloading it; figures measured against it say more about moto
+///   than about this source.)
+///
+/// # Chunks, cache, single flight
+///
+/// A read needs the chunks it covers. A chunk is fetched **once** however many faults want it
+/// at the same time: the first read starts the request (as a task on the source's runtime, so
+/// it completes even if that reader gives up) and every other read of the chunk waits for the
+/// same answer. Fetched chunks stay in a cache bounded by
+/// [`cache_bytes`](ObjectStoreSourceBuilder::cache_bytes) (default 64 MiB); when it is full, a
+/// chunk whose every page was read goes first (a server copies each page once), then the least
+/// recently used one. After a read, up to [`readahead`](ObjectStoreSourceBuilder::readahead)
+/// following chunks are fetched too (default 4), while the cache has room for them and fewer
+/// than [`concurrency`](ObjectStoreSourceBuilder::concurrency) requests are in flight (default
+/// 8), so a background fill moving through the image keeps several requests going.
+///
+/// With the threaded [`Server`](crate::serve::Server), set its
+/// [`prefetch`](crate::serve::ServerBuilder::prefetch) and
+/// [`prefetch_max`](crate::serve::ServerBuilder::prefetch_max) to the source's
+/// [`chunk_size`](ObjectStoreSource::chunk_size): a fault then brings in its whole chunk at
+/// once, and no chunk has to be fetched again after eviction.
+///
+/// # Failures
+///
+/// Requests are retried with backoff within short bounds ([`RetryPolicy`]), so a fault waits
+/// at most [`RetryPolicy::deadline`] for a store that does not answer. Errors are typed
+/// ([`ObjectStoreSourceError`]: missing object, refused credentials, an object shorter than
+/// the regions, a changed object, time-outs); the server gets them as an [`std::io::Error`]
+/// whose kind says which, and applies its [`FailurePolicy`](crate::serve::FailurePolicy).
+///
+/// # Sync and async
+///
+/// The source is an [`AsyncPageSource`] (for async servers) and a [`PageSource`] (for the
+/// threaded [`Server`](crate::serve::Server)). Its requests run on a tokio runtime:
+/// [`ObjectStoreSourceBuilder::open_blocking`] starts one the source owns (one thread, named
+/// `uffd-objstore`), [`ObjectStoreSourceBuilder::open`] uses the runtime it is awaited on. The
+/// blocking [`PageSource::read_at`] waits for that runtime from the calling thread, so it must
+/// not be called from a thread of a tokio runtime (it returns an error there instead of
+/// blocking the runtime, which could deadlock it); the server's threads are plain threads.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use userfaultfd::serve::{ObjectStoreSource, Region, ServerBuilder};
+///
+/// // Credentials and region from the environment (AWS_ACCESS_KEY_ID, ...), as object_store's
+/// // AmazonS3Builder::from_env reads them; options override them.
+/// let source = ObjectStoreSource::from_url("s3://snapshots/vm1/mem")?
+///     .option("endpoint", "http://127.0.0.1:9000")
+///     .option("allow_http", "true")
+///     .open_blocking()?;
+/// let chunk = source.chunk_size() as usize;
+/// let memory = Arc::new(userfaultfd::mmap::MemoryMapping::new_private(source.len() as usize)?);
+/// let server = ServerBuilder::new()
+///     .prefetch(chunk)
+///     .prefetch_max(chunk)
+///     .region(Region::new(memory.clone(), Arc::new(source)))
+///     .start(userfaultfd::UffdBuilder::new().create()?)?;
+/// server.wait_populated(Duration::from_secs(60))?;
+/// # Ok(()) }
+/// ```
 ///
 /// Build it with [`ObjectStoreSource::builder`] (a store and a path) or
 /// [`ObjectStoreSource::from_url`] (a URL, options and the environment).
@@ -133,7 +132,9 @@ pub const DEFAULT_READAHEAD: usize = 4;
 /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 /// rt.block_on(store.put(&Path::from("img"), image.into()))?;
 ///
-/// let source = ObjectStoreSource::builder(store, Path::from("img")).open_blocking()?;
+/// let source = ObjectStoreSource::builder(store, Path::from("img"))
+///     .readahead(0) // only what is read
+///     .open_blocking()?;
 /// assert_eq!(source.len(), 3 << 20);
 /// let mut page = vec![0u8; 4096];
 /// source.read_at(5 * 4096, &mut page)?; // GETs the first 2 MiB chunk
@@ -285,9 +286,10 @@ impl Inner {
         if let Some(e) = self.cache.held_failure(hold) {
             return Err(e);
         }
-        let _permit = self.gate.acquire().await.map_err(|_| {
-            ObjectStoreSourceError::Runtime("the source is shutting down".into())
-        })?;
+        let _permit =
+            self.gate.acquire().await.map_err(|_| {
+                ObjectStoreSourceError::Runtime("the source is shutting down".into())
+            })?;
         if let Some(e) = self.cache.held_failure(hold) {
             return Err(e);
         }
@@ -318,7 +320,9 @@ impl Inner {
         match &res {
             Ok(b) => {
                 self.counters.chunks.fetch_add(1, Ordering::Relaxed);
-                self.counters.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                self.counters
+                    .bytes
+                    .fetch_add(b.len() as u64, Ordering::Relaxed);
                 self.cache.clear_failure();
             }
             Err(_) => {
@@ -353,7 +357,11 @@ impl Inner {
         true
     }
 
-    async fn read(self: &Arc<Self>, offset: u64, buf: &mut [u8]) -> Result<(), ObjectStoreSourceError> {
+    async fn read(
+        self: &Arc<Self>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), ObjectStoreSourceError> {
         let Some((first, last)) = self.span(offset, buf.len())? else {
             return Ok(());
         };
@@ -375,7 +383,11 @@ impl Inner {
         Ok(())
     }
 
-    fn read_blocking(self: &Arc<Self>, offset: u64, buf: &mut [u8]) -> Result<(), ObjectStoreSourceError> {
+    fn read_blocking(
+        self: &Arc<Self>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), ObjectStoreSourceError> {
         let Some((first, last)) = self.span(offset, buf.len())? else {
             return Ok(());
         };
@@ -508,7 +520,7 @@ impl ObjectStoreSource {
 
     /// Reads `buf.len()` bytes at `offset`, blocking the calling thread (what
     /// [`PageSource::read_at`] does), with the typed error. Not on a tokio runtime's thread
-    /// (see the [module documentation](self)).
+    /// (see [`ObjectStoreSource`], "Sync and async").
     ///
     /// # Errors
     ///
@@ -524,7 +536,9 @@ impl PageSource for ObjectStoreSource {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.inner.read_blocking(offset, buf).map_err(io::Error::from)
+        self.inner
+            .read_blocking(offset, buf)
+            .map_err(io::Error::from)
     }
 }
 

@@ -170,8 +170,7 @@ impl RetryPolicy {
                 });
             }
             attempts += 1;
-            let last = match tokio::time::timeout(self.attempt_timeout.min(left), attempt()).await
-            {
+            let last = match tokio::time::timeout(self.attempt_timeout.min(left), attempt()).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => match ObjectStoreSourceError::classify(path, e) {
                     Ok(fatal) => return Err(fatal),
