@@ -244,8 +244,14 @@ impl ObjectStoreSourceBuilder {
         self.retry.check()
     }
 
-    /// The store and path: the one given, or one built from the URL.
-    fn store(&self) -> Result<(Arc<dyn ObjectStore>, Path), ObjectStoreSourceError> {
+    /// The store and the object's path this builder reads: the ones given, or the ones built
+    /// from the URL, options and environment as [`open`](Self::open) builds them (the same
+    /// client, e.g. to upload the image first).
+    ///
+    /// # Errors
+    ///
+    /// [`ObjectStoreSourceError::Config`] for a URL, option or setting the store refuses.
+    pub fn store(&self) -> Result<(Arc<dyn ObjectStore>, Path), ObjectStoreSourceError> {
         match &self.spec {
             Spec::Store { store, path } => Ok((store.clone(), path.clone())),
             Spec::Url { url, options } => {
