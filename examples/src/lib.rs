@@ -377,6 +377,24 @@ pub fn write_pattern_file(path: &std::path::Path, pages: usize, seed: u64) -> io
     Ok(zeros)
 }
 
+/// A source builder for the object a URL names (`s3://BUCKET/KEY`, `file:///PATH`, ...), with
+/// `KEY=VALUE` settings that override the environment (see
+/// `userfaultfd::serve::ObjectStoreSource::from_url`). Feature `object-store`.
+#[cfg(feature = "object-store")]
+pub fn object_source_builder(
+    url: &str,
+    options: &[String],
+) -> Result<userfaultfd::serve::ObjectStoreSourceBuilder, String> {
+    let mut b = userfaultfd::serve::ObjectStoreSource::from_url(url).map_err(|e| e.to_string())?;
+    for o in options {
+        let (k, v) = o
+            .split_once('=')
+            .ok_or_else(|| format!("source option {o:?} is not KEY=VALUE"))?;
+        b = b.option(k, v);
+    }
+    Ok(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,22 +441,4 @@ mod tests {
             Wait::Stopped
         );
     }
-}
-
-/// A source builder for the object a URL names (`s3://BUCKET/KEY`, `file:///PATH`, ...), with
-/// `KEY=VALUE` settings that override the environment (see
-/// `userfaultfd::serve::ObjectStoreSource::from_url`). Feature `object-store`.
-#[cfg(feature = "object-store")]
-pub fn object_source_builder(
-    url: &str,
-    options: &[String],
-) -> Result<userfaultfd::serve::ObjectStoreSourceBuilder, String> {
-    let mut b = userfaultfd::serve::ObjectStoreSource::from_url(url).map_err(|e| e.to_string())?;
-    for o in options {
-        let (k, v) = o
-            .split_once('=')
-            .ok_or_else(|| format!("source option {o:?} is not KEY=VALUE"))?;
-        b = b.option(k, v);
-    }
-    Ok(b)
 }
