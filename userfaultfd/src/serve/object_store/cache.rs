@@ -100,6 +100,7 @@ impl Drop for FlightGuard {
                 Err(ObjectStoreSourceError::Runtime(
                     "the fetch was abandoned: the source's runtime shut down".into(),
                 )),
+                false,
             );
         }
     }
@@ -219,8 +220,9 @@ impl ChunkCache {
 
     /// Ends the flight of chunk `index`: caches the chunk (evicting to stay within the
     /// capacity: chunks read to the end first, then the least recently used) or forgets it,
-    /// then wakes its waiters.
-    pub(super) fn finish(&self, index: u64, flight: &Arc<Flight>, outcome: Outcome) {
+    /// then wakes its waiters. A failure the store itself gave (`fresh`, as opposed to one held
+    /// from before) starts a new hold.
+    pub(super) fn finish(&self, index: u64, flight: &Arc<Flight>, outcome: Outcome, fresh: bool) {
         let mut st = self.lock();
         if matches!(st.slots.get(&index), Some(Slot::Loading(f)) if Arc::ptr_eq(f, flight)) {
             st.loading -= 1;
@@ -240,7 +242,9 @@ impl ChunkCache {
                 }
                 Err(e) => {
                     st.slots.remove(&index);
-                    st.failed = Some((Instant::now(), e.clone()));
+                    if fresh {
+                        st.failed = Some((Instant::now(), e.clone()));
+                    }
                 }
             }
         }
@@ -319,7 +323,7 @@ mod tests {
             panic!("first lookup must fetch")
         };
         assert!(matches!(c.lookup(3), Lookup::Wait(_)));
-        c.finish(3, &f, Ok(Bytes::from(vec![7u8; 1 << 20])));
+        c.finish(3, &f, Ok(Bytes::from(vec![7u8; 1 << 20])), true);
         assert_eq!(
             f.wait_blocking(Duration::from_secs(1)).unwrap().unwrap()[0],
             7
@@ -335,14 +339,14 @@ mod tests {
             let Lookup::Fetch(f) = c.lookup(i) else {
                 panic!()
             };
-            c.finish(i, &f, Ok(Bytes::from(vec![0u8; 1 << 20])));
+            c.finish(i, &f, Ok(Bytes::from(vec![0u8; 1 << 20])), true);
         }
         c.lookup(0); // 1 is now least recently used ...
         c.consume(0, 0, 1 << 20); // ... but 0 was read to the end
         let Lookup::Fetch(f) = c.lookup(2) else {
             panic!()
         };
-        c.finish(2, &f, Ok(Bytes::from(vec![0u8; 1 << 20])));
+        c.finish(2, &f, Ok(Bytes::from(vec![0u8; 1 << 20])), true);
         assert!(matches!(c.lookup(1), Lookup::Hit(_)));
         assert!(matches!(c.lookup(0), Lookup::Fetch(_)));
         assert_eq!(c.usage().2, 1);
@@ -354,9 +358,21 @@ mod tests {
         let Lookup::Fetch(f) = c.lookup(0) else {
             panic!()
         };
-        c.finish(0, &f, Err(ObjectStoreSourceError::Config("x".into())));
+        c.finish(0, &f, Err(ObjectStoreSourceError::Config("x".into())), true);
         assert!(f.wait_blocking(Duration::from_secs(1)).unwrap().is_err());
+        let (at, _) = c.lock().failed.clone().unwrap();
         assert!(c.held_failure(Duration::from_secs(60)).is_some());
+        // A held failure handed out again does not extend the hold.
+        let Lookup::Fetch(f) = c.lookup(1) else {
+            panic!()
+        };
+        c.finish(
+            1,
+            &f,
+            Err(ObjectStoreSourceError::Config("x".into())),
+            false,
+        );
+        assert_eq!(c.lock().failed.as_ref().unwrap().0, at);
         assert!(c.held_failure(Duration::ZERO).is_none());
         assert!(
             matches!(c.lookup(0), Lookup::Fetch(_)),

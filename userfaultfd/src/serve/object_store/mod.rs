@@ -274,24 +274,25 @@ impl Inner {
         let inner = self.clone();
         // If the runtime is gone, the future is dropped at once and the guard fails the flight.
         self.handle.spawn(async move {
-            let outcome = inner.fetch(index).await;
+            let (outcome, fresh) = inner.fetch(index).await;
             guard.finished = true;
-            inner.cache.finish(index, &guard.flight, outcome);
+            inner.cache.finish(index, &guard.flight, outcome, fresh);
         });
     }
 
-    /// One chunk from the store, within the retry policy.
-    async fn fetch(&self, index: u64) -> Result<Bytes, ObjectStoreSourceError> {
+    /// One chunk from the store, within the retry policy; `false` with an error held from a
+    /// recent failure (no request made).
+    async fn fetch(&self, index: u64) -> (Result<Bytes, ObjectStoreSourceError>, bool) {
         let hold = self.retry.get_failure_hold();
         if let Some(e) = self.cache.held_failure(hold) {
-            return Err(e);
+            return (Err(e), false);
         }
-        let _permit =
-            self.gate.acquire().await.map_err(|_| {
-                ObjectStoreSourceError::Runtime("the source is shutting down".into())
-            })?;
+        let Ok(_permit) = self.gate.acquire().await else {
+            let e = ObjectStoreSourceError::Runtime("the source is shutting down".into());
+            return (Err(e), false);
+        };
         if let Some(e) = self.cache.held_failure(hold) {
-            return Err(e);
+            return (Err(e), false);
         }
         let start = index * self.chunk;
         let end = (start + self.chunk).min(self.len);
@@ -329,7 +330,7 @@ impl Inner {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        res
+        (res, true)
     }
 
     /// Copies the part of chunk `index` that `offset..` covers into `buf`, returns the bytes
