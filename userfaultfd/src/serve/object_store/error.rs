@@ -85,15 +85,15 @@ pub enum ObjectStoreSourceError {
     },
 
     /// Every attempt failed with an error worth retrying (connection refused or reset, a 5xx
-    /// answer), or the store failed so recently that the source did not try again yet
-    /// ([`RetryPolicy::failure_hold`](super::RetryPolicy::failure_hold)).
+    /// answer). Within [`RetryPolicy::failure_hold`](super::RetryPolicy::failure_hold) after
+    /// a chunk failed, other chunks get that same error at once, without a request.
     #[error(
         "object store unavailable for {path} after {attempts} attempts in {elapsed:?}: {source}"
     )]
     Unavailable {
         /// The object's path in the store.
         path: String,
-        /// Requests made (0 when the source held back after a recent failure).
+        /// Requests made.
         attempts: u32,
         /// Time spent on the chunk.
         elapsed: Duration,

@@ -14,9 +14,10 @@ use super::error::ObjectStoreSourceError;
 /// [`max_backoff`](Self::max_backoff), at most [`max_retries`](Self::max_retries) times; each
 /// attempt is cut off after [`attempt_timeout`](Self::attempt_timeout), and the chunk as a whole
 /// after [`deadline`](Self::deadline). Missing objects, refused credentials, a changed object and
-/// a short object are final at once. After a chunk failed for good, new requests fail at once
-/// for [`failure_hold`](Self::failure_hold) (chunks already cached are still served), so a dead
-/// store costs the server one deadline, not one per page.
+/// a short object are final at once. After a chunk failed for good, reads of chunks not cached
+/// fail at once with the same error for [`failure_hold`](Self::failure_hold) (cached chunks are
+/// still served), so a dead store costs the server one deadline, not one per page (after a
+/// failed read the server retries page by page, to narrow the failure down).
 ///
 /// The defaults (3 retries, 50 ms doubling to 1 s, 5 s per attempt, 10 s per chunk, 1 s hold)
 /// suit a store on the same network; a 2 MiB chunk takes about 25 ms from S3 in the same
