@@ -46,16 +46,19 @@ impl ObjectImage {
             .map_err(|e| format!("opening {}: {e}", self.url))
     }
 
-    /// `eager`: every chunk downloaded into `memory` by as many threads as the source has
-    /// requests in flight, each `GET` straight into its place; returns the source (for its
-    /// counters) once all is there.
-    pub fn download(&self, memory: &Arc<MemoryMapping>) -> Result<ObjectStoreSource, String> {
-        let src = self
-            .builder()?
+    /// The source `eager` downloads with: no read-ahead (the threads ask for every chunk), a
+    /// cache of a few chunks (each is read once). Opened before the clock starts, as `serve`'s.
+    pub fn download_source(&self) -> Result<ObjectStoreSource, String> {
+        self.builder()?
             .readahead(0)
             .cache_bytes(DEFAULT_CONCURRENCY * 2 * (2 << 20))
             .open_blocking()
-            .map_err(|e| format!("opening {}: {e}", self.url))?;
+            .map_err(|e| format!("opening {}: {e}", self.url))
+    }
+
+    /// `eager`: every chunk downloaded into `memory` by as many threads as the source has
+    /// requests in flight, each `GET` straight into its place.
+    pub fn download(src: &ObjectStoreSource, memory: &Arc<MemoryMapping>) -> Result<(), String> {
         let chunk = src.chunk_size() as usize;
         let len = memory.size().min(src.len() as usize);
         let chunks = len.div_ceil(chunk);
@@ -88,8 +91,7 @@ impl ObjectImage {
                 w.join()
                     .map_err(|_| "a download thread panicked".to_string())?
             })
-        })?;
-        Ok(src)
+        })
     }
 }
 
