@@ -70,6 +70,8 @@ mod async_source;
 mod builder;
 mod error;
 mod file;
+#[cfg(feature = "object-store")]
+mod object_store;
 mod region;
 mod server;
 mod shared;
@@ -93,6 +95,11 @@ pub use builder::{
 };
 pub use error::ServeError;
 pub use file::{FileSource, MappedFileSource};
+#[cfg(feature = "object-store")]
+pub use object_store::{
+    ObjectStoreSource, ObjectStoreSourceBuilder, ObjectStoreSourceError, ObjectStoreStats,
+    RetryPolicy, DEFAULT_CACHE_BYTES, DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, DEFAULT_READAHEAD,
+};
 pub use region::Region;
 pub use server::{DirtyRange, Server};
 pub use source::{DirectView, MemorySource, PageSource};

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use userfaultfd::{Event, Uffd, UffdBuilder};
 
 pub mod kernel;
+pub mod moto;
 
 /// How long a bounded wait may take before the test fails (never reached when things work).
 pub const TIMEOUT: Duration = Duration::from_secs(10);

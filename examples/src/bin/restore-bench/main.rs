@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! cargo run --release -p examples --bin restore-bench -- [--mib N] [--working-set PCT]
-//!     [--threads T] [--source-mbps M] [--source-latency-us L] [--repeat R] [--json] [MODE...]
+//!     [--threads T] [--source-mbps M] [--source-latency-us L] [--repeat R] [--json]
+//!     [--source URL [--endpoint URL] [--source-option KEY=VALUE]...] [MODE...]
 //! ```
 //!
 //! The image is a file of N MiB (default 256) in the temporary directory (removed at exit):
@@ -54,6 +55,16 @@
 //! preads, the `naive` handler's reads and the server's (the throttled source has no direct
 //! view, so the server reads into its buffers). `mmap` is never throttled.
 //!
+//! `--source URL` (feature `object-store`: `cargo run --release -p examples --features
+//! object-store --bin restore-bench -- --source s3://BUCKET/KEY --endpoint URL`) puts the image
+//! in object storage: it is uploaded to the object (overwriting it) with the client the source
+//! uses (`--endpoint`, `--source-option KEY=VALUE` and the `AWS_*` environment), then `eager`
+//! downloads every chunk (ranged `GET`s of the source's chunk size, as many in flight as the
+//! source allows) into fresh memory before the workload runs, and `serve` and `naive` read
+//! through `ObjectStoreSource` (a fresh one per run: its cache starts cold; `serve` prefetches
+//! whole chunks). The default modes are then `eager serve`; `mmap` is refused. Their lines
+//! also carry `gets` (ranged `GET`s sent) and `gets_per_chunk` (per chunk of the image).
+//!
 //! Figures, measured from the moment the region is ready (registered or served; for `eager`,
 //! before the load starts): `first_touch_us` (the workload's first access completed),
 //! `working_set_ms` (every thread done with its working set), `populated_ms` (every page
@@ -68,6 +79,8 @@
 //! fault latency) go to stderr, with the setup.
 
 mod modes;
+#[cfg(feature = "object-store")]
+mod objstore;
 mod source;
 
 use std::fs::File;
@@ -78,7 +91,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use examples::{page_size, write_pattern_file, Args, TempFile, EXIT_FAILURE};
+use clap::Parser;
+use examples::{page_size, write_pattern_file, TempFile, EXIT_FAILURE};
 use userfaultfd::mmap::MemoryMapping;
 
 use modes::{Figures, Outcome, Plan, WorkingSetUse};
@@ -86,7 +100,8 @@ use source::Throttle;
 
 const USAGE: &str = "\
 usage: restore-bench [--mib N] [--working-set PCT] [--threads T] [--source-mbps M]
-                     [--source-latency-us L] [--repeat R] [--json] [MODE...]
+                     [--source-latency-us L] [--repeat R] [--json]
+                     [--source URL [--endpoint URL] [--source-option KEY=VALUE]...] [MODE...]
 
 Restores an N MiB image and runs a workload on it, per mode, timing how soon it is usable
 and fully present; then verifies every byte.
@@ -99,6 +114,12 @@ and fully present; then verifies every byte.
   --source-latency-us L  ... and to L microseconds per request
   --repeat R             run the modes R times, alternating, and print medians (default 1)
   --json                 one JSON object per line
+  --source URL           the image in object storage (s3://BUCKET/KEY, file:///PATH; feature
+                         object-store): uploaded there first, then restored from there by
+                         eager (a download) and serve (default modes: eager serve)
+  --endpoint URL         the S3 endpoint (e.g. http://127.0.0.1:9000; http allowed)
+  --source-option K=V    an object_store setting (access_key_id=..., region=...), repeatable;
+                         the environment (AWS_*) is read first
 modes: eager mmap naive serve serve-record serve-replay serve-replay-wait (default: all, in
 this order; the replay modes replay the working set the latest serve or serve-record run
 recorded)";
@@ -115,6 +136,45 @@ const MODES: [&str; 7] = [
 const SEED: u64 = 0x1_3a6e_5eed;
 
 /// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "restore-bench", about = "How fast a restored memory image gets usable and fully present, per restore method.", after_help = USAGE)]
+struct Cli {
+    /// Image size in MiB.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 16))]
+    mib: u64,
+    /// Share of the pages the workload touches first, in random order, in percent.
+    #[arg(long = "working-set", value_name = "PCT", default_value_t = 25, value_parser = clap::value_parser!(u64).range(0..=100))]
+    working_set: u64,
+    /// Workload threads, and eager loader threads.
+    #[arg(long, value_name = "T", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    threads: u64,
+    /// Throttle every image read to M MB/s (shared).
+    #[arg(long = "source-mbps", value_name = "M", value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    source_mbps: Option<u64>,
+    /// ... and to L microseconds per request.
+    #[arg(long = "source-latency-us", value_name = "L", value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    source_latency_us: Option<u64>,
+    /// Run the modes R times, alternating, and print medians.
+    #[arg(long, value_name = "R", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    repeat: u64,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// The image in object storage (s3://BUCKET/KEY, file:///PATH): uploaded, then restored
+    /// from there (feature object-store).
+    #[arg(long, value_name = "URL")]
+    source: Option<String>,
+    /// The S3 endpoint of --source (http allowed).
+    #[arg(long, value_name = "URL", requires = "source")]
+    endpoint: Option<String>,
+    /// An object_store setting of --source, KEY=VALUE; repeatable.
+    #[arg(long = "source-option", value_name = "KEY=VALUE", requires = "source")]
+    source_option: Vec<String>,
+    /// Modes, run in this order.
+    #[arg(value_name = "MODE", value_parser = MODES)]
+    modes: Vec<String>,
+}
+
 struct Config {
     mib: usize,
     working_set: usize,
@@ -123,58 +183,89 @@ struct Config {
     source_latency_us: Option<u64>,
     repeat: usize,
     json: bool,
+    #[cfg_attr(not(feature = "object-store"), allow(dead_code))]
+    source: Option<(String, Vec<String>)>,
     modes: Vec<&'static str>,
 }
 
+/// Prints `msg` and the usage, exits with status 2.
+fn usage_error(msg: &str) -> ! {
+    eprintln!("restore-bench: {msg}");
+    eprintln!("{USAGE}");
+    std::process::exit(i32::from(examples::EXIT_USAGE));
+}
+
 fn parse() -> Config {
-    let mut args = Args::from_env(USAGE);
-    let mut c = Config {
-        mib: 256,
-        working_set: 25,
-        threads: 2,
-        source_mbps: None,
-        source_latency_us: None,
-        repeat: 1,
-        json: false,
-        modes: Vec::new(),
-    };
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--mib" => c.mib = args.value_in("--mib", 1, 1 << 16),
-            "--working-set" => c.working_set = args.value_in("--working-set", 0, 100),
-            "--threads" => c.threads = args.value_in("--threads", 1, 64),
-            "--source-mbps" => c.source_mbps = Some(args.value_in("--source-mbps", 1, 1 << 30)),
-            "--source-latency-us" => {
-                c.source_latency_us = Some(args.value_in("--source-latency-us", 0, 10_000_000))
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                e.exit()
             }
-            "--repeat" => c.repeat = args.value_in("--repeat", 1, 1000),
-            "--json" => c.json = true,
-            m if !m.starts_with('-') => match MODES.iter().find(|&&n| n == m) {
-                Some(&n) => c.modes.push(n),
-                None => args.usage_error(&format!("unknown mode {m:?}")),
-            },
-            _ => args.unknown(&a),
-        }
-    }
-    if c.modes.is_empty() {
-        c.modes.extend(MODES);
-    }
-    let first_serve = c
+            _ => {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or("bad arguments");
+                usage_error(first.trim_start_matches("error: "))
+            }
+        },
+    };
+    let mut modes: Vec<&'static str> = cli
         .modes
         .iter()
+        .filter_map(|m| MODES.iter().copied().find(|n| n == m))
+        .collect();
+    let source = cli.source.map(|url| {
+        let mut options = Vec::new();
+        if let Some(ep) = &cli.endpoint {
+            options.push(format!("endpoint={ep}"));
+            if ep.starts_with("http://") {
+                options.push("allow_http=true".into());
+            }
+        }
+        options.extend(cli.source_option);
+        (url, options)
+    });
+    if source.is_some() {
+        if !cfg!(feature = "object-store") {
+            usage_error(
+                "--source needs the object-store feature (cargo run --release -p examples \
+                 --features object-store --bin restore-bench -- ...)",
+            );
+        }
+        if modes.contains(&"mmap") {
+            usage_error("mmap maps a local file: not with --source");
+        }
+        if modes.is_empty() {
+            modes.extend(["eager", "serve"]);
+        }
+    }
+    if modes.is_empty() {
+        modes.extend(MODES);
+    }
+    let first_serve = modes
+        .iter()
         .position(|&m| m == "serve" || m == "serve-record");
-    let first_replay = c
-        .modes
+    let first_replay = modes
         .iter()
         .position(|&m| m == "serve-replay" || m == "serve-replay-wait");
     if let Some(r) = first_replay {
         if first_serve.map_or(true, |s| s > r) {
-            args.usage_error(
+            usage_error(
                 "serve-replay replays what a serve or serve-record run recorded: put one before it",
             );
         }
     }
-    c
+    Config {
+        mib: cli.mib as usize,
+        working_set: cli.working_set as usize,
+        threads: cli.threads as usize,
+        source_mbps: cli.source_mbps,
+        source_latency_us: cli.source_latency_us,
+        repeat: cli.repeat as usize,
+        json: cli.json,
+        source,
+        modes,
+    }
 }
 
 /// What every mode run shares.
@@ -191,6 +282,9 @@ pub struct Setup {
     pub deadline: Duration,
     /// The working set the latest `serve` run recorded, for `serve-replay`.
     pub recorded: std::sync::Mutex<Option<userfaultfd::serve::WorkingSet>>,
+    /// The image in object storage (`--source`), restored from there by eager, naive and serve.
+    #[cfg(feature = "object-store")]
+    pub object: Option<objstore::ObjectImage>,
 }
 
 /// Reads the whole image once, so its page cache is warm.
@@ -387,8 +481,22 @@ fn run(cfg: &Config) -> Result<bool, String> {
                 .map_or("unlimited MB/s".into(), |m| format!("{m} MB/s")),
             latency.as_micros()
         ),
-        None => eprintln!("source: the page cache, unthrottled"),
+        None if cfg.source.is_none() => eprintln!("source: the page cache, unthrottled"),
+        None => {}
     }
+    #[cfg(feature = "object-store")]
+    let object = match &cfg.source {
+        Some((url, options)) => {
+            let o = objstore::ObjectImage {
+                url: url.clone(),
+                options: options.clone(),
+            };
+            let secs = o.upload(&path)?;
+            eprintln!("source: {url}, the image uploaded in {secs:.2} s");
+            Some(o)
+        }
+        None => None,
+    };
     let setup = Setup {
         path,
         len,
@@ -396,6 +504,8 @@ fn run(cfg: &Config) -> Result<bool, String> {
         throttle,
         deadline,
         recorded: std::sync::Mutex::new(None),
+        #[cfg(feature = "object-store")]
+        object,
     };
 
     let mut ok = true;
@@ -421,11 +531,24 @@ fn run(cfg: &Config) -> Result<bool, String> {
                     } else {
                         "ok".into()
                     };
+                    let mut tail: Vec<(&str, String)> = o
+                        .extra
+                        .iter()
+                        .map(|(k, v)| {
+                            let v = if cfg.json && v.parse::<f64>().is_err() {
+                                json_string(v)
+                            } else {
+                                v.clone()
+                            };
+                            (*k, v)
+                        })
+                        .collect();
+                    tail.push(("verify", verify));
                     print_line(
                         cfg.json,
                         &[("mode", mode_value(mode))],
                         Some(&o.figures),
-                        &[("verify", verify)],
+                        &tail,
                     );
                     if let Some(d) = &o.detail {
                         eprintln!("{mode} run {}: {d}", round + 1);

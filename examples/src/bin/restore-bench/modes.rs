@@ -292,6 +292,10 @@ fn create_uffd() -> Result<Uffd, String> {
 
 /// The source the lazy modes read from with `read_at`: `pread` of the file, throttled if asked.
 fn pread_source(setup: &Setup) -> Result<Arc<dyn PageSource>, String> {
+    #[cfg(feature = "object-store")]
+    if let Some(obj) = &setup.object {
+        return Ok(Arc::new(obj.source()?));
+    }
     let file: Arc<dyn PageSource> = Arc::new(
         FileSource::open(&setup.path).map_err(|e| format!("{}: {e}", setup.path.display()))?,
     );
@@ -306,6 +310,8 @@ pub struct Outcome {
     pub memory: Arc<MemoryMapping>,
     pub figures: Figures,
     pub detail: Option<String>,
+    /// Figures of the object-store source (`gets`, ...), printed after the others.
+    pub extra: Vec<(&'static str, String)>,
 }
 
 // ----------------------------------------------------------------------------------------
@@ -313,6 +319,10 @@ pub struct Outcome {
 
 /// T threads `pread` the whole image into fresh anonymous memory, then the workload runs.
 pub fn eager(setup: &Setup) -> Result<Outcome, String> {
+    #[cfg(feature = "object-store")]
+    if let Some(obj) = &setup.object {
+        return eager_download(setup, obj);
+    }
     let len = setup.len;
     let memory = anonymous(len)?;
     let threads = setup.plan.threads();
@@ -333,6 +343,25 @@ pub fn eager(setup: &Setup) -> Result<Outcome, String> {
         figures: Figures::new(len, t0, &w, w.end, 0),
         memory,
         detail: None,
+        extra: Vec::new(),
+    })
+}
+
+/// `eager` from object storage: every chunk downloaded (concurrently) before the workload runs.
+#[cfg(feature = "object-store")]
+fn eager_download(setup: &Setup, obj: &crate::objstore::ObjectImage) -> Result<Outcome, String> {
+    let len = setup.len;
+    let memory = anonymous(len)?;
+    let workload = workload_crew(&memory, &setup.plan)?;
+    let src = obj.download_source()?;
+    let t0 = Instant::now();
+    crate::objstore::ObjectImage::download(&src, &memory)?;
+    let w = run_workload(workload, t0 + setup.deadline)?;
+    Ok(Outcome {
+        figures: Figures::new(len, t0, &w, w.end, 0),
+        memory,
+        detail: None,
+        extra: crate::objstore::counters(&src, len),
     })
 }
 
@@ -394,6 +423,7 @@ pub fn mmap(setup: &Setup) -> Result<Outcome, String> {
         figures: Figures::new(setup.len, t0, &w, w.end, 0),
         memory,
         detail: None,
+        extra: Vec::new(),
     })
 }
 
@@ -539,6 +569,7 @@ pub fn naive(setup: &Setup) -> Result<Outcome, String> {
         figures: Figures::new(len, t0, &w, w.end, naive.faults.load(Ordering::Relaxed)),
         memory,
         detail: None,
+        extra: Vec::new(),
     })
 }
 
@@ -578,7 +609,26 @@ pub fn serve(setup: &Setup, ws_use: WorkingSetUse) -> Result<Outcome, String> {
     };
     let len = setup.len;
     let memory = anonymous(len)?;
+    #[cfg_attr(not(feature = "object-store"), allow(unused_mut))]
+    let mut extra = Vec::new();
+    #[cfg_attr(not(feature = "object-store"), allow(unused_mut))]
+    let mut prefetch = userfaultfd::serve::DEFAULT_PREFETCH;
+    #[cfg(feature = "object-store")]
+    let mut object_source = None;
     let source: Arc<dyn PageSource> = match &setup.throttle {
+        #[cfg(feature = "object-store")]
+        _ if setup.object.is_some() => {
+            let src = Arc::new(
+                setup
+                    .object
+                    .as_ref()
+                    .map_or(Err(String::new()), |o| o.source())?,
+            );
+            // A fault brings in its whole chunk: no chunk is fetched twice.
+            prefetch = src.chunk_size() as usize;
+            object_source = Some(Arc::clone(&src));
+            src
+        }
         None => Arc::new(
             MappedFileSource::open(&setup.path)
                 .map_err(|e| format!("{}: {e}", setup.path.display()))?,
@@ -597,7 +647,9 @@ pub fn serve(setup: &Setup, ws_use: WorkingSetUse) -> Result<Outcome, String> {
         let errors = Arc::clone(&errors);
         let mut builder = ServerBuilder::new()
             .record_working_set(!replay)
-            .exact_recording(exact);
+            .exact_recording(exact)
+            .prefetch(prefetch)
+            .prefetch_max(userfaultfd::serve::MAX_PREFETCH.max(prefetch));
         if let Some(ws) = working_set {
             builder = builder.replay(ws);
         }
@@ -662,6 +714,10 @@ pub fn serve(setup: &Setup, ws_use: WorkingSetUse) -> Result<Outcome, String> {
     // Shut down (unregister) before verification reads the region: a page the server missed
     // then reads as zeros instead of blocking.
     let stats = server.shutdown().map_err(|e| format!("shutdown: {e}"))?;
+    #[cfg(feature = "object-store")]
+    if let Some(src) = &object_source {
+        extra = crate::objstore::counters(src, len);
+    }
     if let Some(e) = errors.lock().unwrap_or_else(PoisonError::into_inner).take() {
         return Err(format!("server: {e}"));
     }
@@ -695,5 +751,6 @@ pub fn serve(setup: &Setup, ws_use: WorkingSetUse) -> Result<Outcome, String> {
         figures: Figures::new(len, t0, &w, populated, stats.demand_faults),
         memory,
         detail: Some(detail),
+        extra,
     })
 }

@@ -5,7 +5,13 @@
 //! uffd-handler SOCKET MEMFILE [--no-prefetch] [--no-background-fill]
 //!     [--record-working-set FILE] [--replay-working-set FILE] [--dirty-out FILE]
 //!     [--stats] [--once]
+//! uffd-handler SOCKET --source URL [--source-option KEY=VALUE]... [OPTIONS]
 //! ```
+//!
+//! With `--source` (feature `object-store` of the examples crate), the guest memory image is
+//! one object in object storage (`s3://BUCKET/KEY`, settings from the `AWS_*` environment and
+//! `--source-option`), read in chunks through `userfaultfd::serve::ObjectStoreSource` shared by
+//! every VM (one chunk cache); each fault then prefetches its whole chunk.
 //!
 //! # The protocol (Firecracker's UFFD snapshot backend)
 //!
@@ -111,6 +117,8 @@ use std::sync::Arc;
 use clap::Parser;
 use userfaultfd::serve::{MappedFileSource, PageSource, WorkingSet};
 
+mod objstore;
+
 /// The command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -138,8 +146,21 @@ use userfaultfd::serve::{MappedFileSource, PageSource, WorkingSet};
 pub struct Cli {
     /// Unix socket to listen on (Firecracker's `backend_path`).
     pub socket: PathBuf,
-    /// The snapshot's guest memory file (Firecracker's `mem_file_path`).
-    pub memfile: PathBuf,
+    /// The snapshot's guest memory file (Firecracker's `mem_file_path`); not with --source.
+    #[arg(required_unless_present = "source", conflicts_with = "source")]
+    pub memfile: Option<PathBuf>,
+    /// Serve the guest memory image from object storage instead of MEMFILE: `s3://BUCKET/KEY`
+    /// (also `file:///PATH`, `memory:///KEY`), read in 2 MiB chunks with a bounded cache.
+    /// S3 settings come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP, ...) and --source-option. Needs the
+    /// `object-store` feature of the examples crate.
+    #[arg(long, value_name = "URL")]
+    pub source: Option<String>,
+    /// An object-store setting, overriding the environment: KEY=VALUE with a key of
+    /// object_store's AmazonS3ConfigKey (endpoint, access_key_id, secret_access_key, region,
+    /// allow_http, ...). Repeatable.
+    #[arg(long, value_name = "KEY=VALUE", requires = "source")]
+    pub source_option: Vec<String>,
     /// Copy the aligned 256 KiB chunk around each fault after resolving it, growing to 2 MiB
     /// for sequential faults (the default).
     #[arg(long, overrides_with = "no_prefetch")]
@@ -177,7 +198,9 @@ pub struct Cli {
 /// What every VM's thread shares.
 pub(crate) struct Shared {
     pub(crate) cli: Cli,
-    pub(crate) source: Arc<MappedFileSource>,
+    pub(crate) source: Arc<dyn PageSource>,
+    /// The prefetch chunk: the object store's chunk size, so a fault brings its whole chunk.
+    pub(crate) prefetch_bytes: usize,
     pub(crate) replay: Option<WorkingSet>,
 }
 
@@ -220,13 +243,26 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
-    let source = MappedFileSource::open(&cli.memfile)
-        .map_err(|e| format!("cannot open the memory file {}: {e}", cli.memfile.display()))?;
-    if source.len() == 0 {
-        return Err(format!(
-            "the memory file {} is empty",
-            cli.memfile.display()
-        ));
+    let (source, what, prefetch_bytes): (Arc<dyn PageSource>, String, usize) =
+        match (&cli.source, &cli.memfile) {
+            (Some(url), _) => {
+                let (src, chunk) = objstore::open(url, &cli.source_option)?;
+                (src, format!("object {url}"), chunk)
+            }
+            (None, Some(memfile)) => {
+                let src = MappedFileSource::open(memfile).map_err(|e| {
+                    format!("cannot open the memory file {}: {e}", memfile.display())
+                })?;
+                (
+                    Arc::new(src),
+                    format!("memory file {}", memfile.display()),
+                    userfaultfd::serve::DEFAULT_PREFETCH,
+                )
+            }
+            (None, None) => return Err("no memory file and no --source".into()),
+        };
+    if source.is_empty() {
+        return Err(format!("the {what} is empty"));
     }
     let replay = match &cli.replay_working_set {
         Some(p) => Some(
@@ -238,9 +274,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let listener = bind(&cli.socket)?;
     log!(
-        "listening on {} (memory file {}, {} bytes; prefetch {}, background fill {}{}{})",
+        "listening on {} ({what}, {} bytes; prefetch {}, background fill {}{}{})",
         cli.socket.display(),
-        cli.memfile.display(),
         source.len(),
         on_off(!cli.no_prefetch),
         on_off(!cli.no_background_fill),
@@ -253,7 +288,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     );
     let shared = Arc::new(Shared {
         cli,
-        source: Arc::new(source),
+        source,
+        prefetch_bytes,
         replay,
     });
     let next_vm = AtomicU64::new(1);

@@ -106,10 +106,11 @@ fn run(shared: &Shared, id: u64, stream: UnixStream) -> Result<(), String> {
         .register(false)
         .monitored_process(pid)
         .prefetch(if shared.prefetch() {
-            userfaultfd::serve::DEFAULT_PREFETCH
+            shared.prefetch_bytes
         } else {
             0
         })
+        .prefetch_max(userfaultfd::serve::MAX_PREFETCH.max(shared.prefetch_bytes))
         .background_threads(usize::from(shared.background_fill()))
         .record_working_set(shared.cli.record_working_set.is_some())
         .track_dirty(track_dirty)
