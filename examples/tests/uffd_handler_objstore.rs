@@ -39,9 +39,11 @@ fn a_vm_served_from_an_object() {
     let (sock, mem) = (dir.path("sock"), dir.path("mem"));
     memfile(&mem, 8 * MIB, 21);
     let url = format!("file://{}", mem.display());
+    let cache = dir.path("cache");
     let mut child = Command::new(env!("CARGO_BIN_EXE_uffd-handler"))
         .arg(&sock)
-        .args(["--source", &url, "--once", "--stats"])
+        .args(["--source", &url, "--once", "--stats", "--cache-file"])
+        .arg(&cache)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -85,11 +87,19 @@ fn a_vm_served_from_an_object() {
         test_kit::child::wait_child(child.id() as libc::pid_t, LIMIT).expect("uffd-handler exits");
     assert_eq!(status, 0, "{}", log.join("\n"));
     let _ = child.wait();
+    // Every chunk was fetched, so the cache file holds the object and its index says so.
+    assert_eq!(std::fs::read(&cache).unwrap(), std::fs::read(&mem).unwrap());
+    let mut index = cache.into_os_string();
+    index.push(".index");
+    assert!(std::path::Path::new(&index).is_file(), "no cache index");
 }
 
 #[test]
 fn a_bad_source_is_refused_with_a_message() {
     let dir = TempDir::new("objstore-bad");
+    let img = dir.path("img");
+    memfile(&img, MIB, 1);
+    let img_url = format!("file://{}", img.display());
     for (args, want) in [
         (
             vec!["--source", "file:///no/such/file", "--once"],
@@ -104,6 +114,16 @@ fn a_bad_source_is_refused_with_a_message() {
                 "--once",
             ],
             "KEY=VALUE",
+        ),
+        (
+            vec![
+                "--source",
+                &img_url,
+                "--cache-file",
+                "/no/such/dir/cache",
+                "--once",
+            ],
+            "cache file",
         ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_uffd-handler"))

@@ -161,6 +161,11 @@ pub struct Cli {
     /// allow_http, ...). Repeatable.
     #[arg(long, value_name = "KEY=VALUE", requires = "source")]
     pub source_option: Vec<String>,
+    /// With --source: keep fetched chunks in a local file at PATH too (its index beside it, at
+    /// PATH.index), so a later run restoring the same object version reads them from disk
+    /// instead of the store. One handler at a time holds the file.
+    #[arg(long, value_name = "PATH", requires = "source")]
+    pub cache_file: Option<PathBuf>,
     /// Copy the aligned 256 KiB chunk around each fault after resolving it, growing to 2 MiB
     /// for sequential faults (the default).
     #[arg(long, overrides_with = "no_prefetch")]
@@ -246,7 +251,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let (source, what, prefetch_bytes): (Arc<dyn PageSource>, String, usize) =
         match (&cli.source, &cli.memfile) {
             (Some(url), _) => {
-                let (src, chunk) = objstore::open(url, &cli.source_option)?;
+                let (src, chunk) =
+                    objstore::open(url, &cli.source_option, cli.cache_file.as_deref())?;
                 (src, format!("object {url}"), chunk)
             }
             (None, Some(memfile)) => {

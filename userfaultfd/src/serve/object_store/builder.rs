@@ -103,6 +103,7 @@ pub struct ObjectStoreSourceBuilder {
     len: Option<u64>,
     min_len: Option<u64>,
     handle: Option<Handle>,
+    cache_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ObjectStoreSourceBuilder {
@@ -120,6 +121,7 @@ impl std::fmt::Debug for ObjectStoreSourceBuilder {
             .field("retry", &self.retry)
             .field("len", &self.len)
             .field("min_len", &self.min_len)
+            .field("cache_file", &self.cache_file)
             .finish_non_exhaustive()
     }
 }
@@ -140,6 +142,7 @@ impl ObjectStoreSourceBuilder {
             len: None,
             min_len: None,
             handle: None,
+            cache_file: None,
         }
     }
 
@@ -187,6 +190,45 @@ impl ObjectStoreSourceBuilder {
     /// Retries and bounds (default [`RetryPolicy::new`]).
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// Also keep fetched chunks in a local file at `path` (created if missing; its index goes
+    /// beside it, at `PATH.index`), so a chunk evicted from the memory cache, or wanted by a
+    /// later source opened on the same file, is read from local disk instead of the store.
+    /// A later source reuses the file's chunks only when the object's ETag, length and the
+    /// chunk size are the ones they were fetched with (a source opened with [`len`](Self::len)
+    /// has no ETag, so its file starts empty every time); one source at a time holds the file
+    /// (a lock). The index lists only chunks already flushed to disk, so a crash loses chunks,
+    /// never mixes them.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use object_store::{memory::InMemory, path::Path, ObjectStoreExt};
+    /// use userfaultfd::serve::{ObjectStoreSource, PageSource};
+    ///
+    /// let store = Arc::new(InMemory::new());
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// rt.block_on(store.put(&Path::from("img"), vec![7u8; 4 << 20].into()))?;
+    /// let dir = std::env::temp_dir().join(format!("uffd-doc-cache-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let mut page = vec![0u8; 4096];
+    /// for run in 0..2 {
+    ///     let source = ObjectStoreSource::builder(store.clone(), Path::from("img"))
+    ///         .cache_file(dir.join("img.cache"))
+    ///         .readahead(0)
+    ///         .open_blocking()?;
+    ///     source.read_at(0, &mut page)?;
+    ///     // The first source fetched the chunk; the second read it from the file.
+    ///     assert_eq!(source.stats().gets, if run == 0 { 1 } else { 0 });
+    /// }
+    /// assert!(page.iter().all(|&b| b == 7));
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn cache_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.cache_file = Some(path.into());
         self
     }
 
@@ -392,6 +434,17 @@ impl ObjectStoreSourceBuilder {
                 });
             }
         }
+        let disk = match &self.cache_file {
+            Some(p) => {
+                let (p, chunk, tag) = (p.clone(), self.chunk, e_tag.clone());
+                let open = move || super::disk::CacheFile::open(&p, len, chunk, tag.as_deref());
+                let file = tokio::task::spawn_blocking(open).await.map_err(|e| {
+                    ObjectStoreSourceError::Runtime(format!("opening the cache file: {e}"))
+                })??;
+                Some(Arc::new(file))
+            }
+            None => None,
+        };
         Ok(Inner {
             store,
             path,
@@ -406,6 +459,7 @@ impl ObjectStoreSourceBuilder {
             readahead: self.readahead,
             handle,
             counters,
+            disk,
         })
     }
 }

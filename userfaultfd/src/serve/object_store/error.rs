@@ -22,6 +22,7 @@ use std::time::Duration;
 /// | [`Unavailable`](Self::Unavailable), [`Store`](Self::Store) | `Other` |
 /// | [`Config`](Self::Config) | `InvalidInput` |
 /// | [`Runtime`](Self::Runtime) | `Other` |
+/// | [`CacheFile`](Self::CacheFile) | the file system's (`WouldBlock` when locked) |
 ///
 /// Cloneable (the store's error is shared behind an [`Arc`]), because every fault waiting for
 /// one chunk gets the same error.
@@ -113,6 +114,19 @@ pub enum ObjectStoreSourceError {
     /// The source's own tokio runtime could not be started, or was shut down under a read.
     #[error("the object store source's runtime failed: {0}")]
     Runtime(String),
+
+    /// The [cache file](super::ObjectStoreSourceBuilder::cache_file) could not be opened,
+    /// prepared or locked (at open only: later failures of the file are counted, and the
+    /// chunk is fetched from the store instead). Kind `WouldBlock` when another source holds
+    /// it.
+    #[error("cache file {}: {source}", path.display())]
+    CacheFile {
+        /// The cache file (or its index).
+        path: std::path::PathBuf,
+        /// What the file system said.
+        #[source]
+        source: Arc<io::Error>,
+    },
 }
 
 impl ObjectStoreSourceError {
@@ -126,6 +140,7 @@ impl ObjectStoreSourceError {
             Self::TimedOut { .. } => io::ErrorKind::TimedOut,
             Self::Config(_) => io::ErrorKind::InvalidInput,
             Self::Unavailable { .. } | Self::Store(_) | Self::Runtime(_) => io::ErrorKind::Other,
+            Self::CacheFile { source, .. } => source.kind(),
         }
     }
 

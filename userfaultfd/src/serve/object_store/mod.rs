@@ -3,6 +3,7 @@
 
 mod builder;
 mod cache;
+mod disk;
 mod error;
 mod retry;
 
@@ -24,6 +25,7 @@ pub use retry::RetryPolicy;
 use super::{AsyncPageSource, PageSource, SourceFuture};
 use builder::OwnedRuntime;
 use cache::{ChunkCache, Flight, FlightGuard, Lookup};
+use disk::CacheFile;
 
 /// Default [`ObjectStoreSourceBuilder::chunk_size`]: 2 MiB.
 pub const DEFAULT_CHUNK_SIZE: u64 = 2 << 20;
@@ -147,6 +149,17 @@ pub struct ObjectStoreSource {
     _runtime: Option<OwnedRuntime>,
 }
 
+impl Drop for ObjectStoreSource {
+    fn drop(&mut self) {
+        // Chunk writes to the cache file run on the runtime's blocking threads, and a runtime
+        // shutting down drops the ones not started: let them finish (briefly) while it runs,
+        // so the file's index, written when the last of them ends, lists every fetched chunk.
+        if let Some(disk) = &self.inner.disk {
+            disk.wait_written(Duration::from_secs(2));
+        }
+    }
+}
+
 impl std::fmt::Debug for ObjectStoreSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ObjectStoreSource")
@@ -183,6 +196,13 @@ pub struct ObjectStoreStats {
     pub evictions: u64,
     /// Bytes of chunks in the cache now.
     pub cached_bytes: usize,
+    /// Chunks read from the [cache file](ObjectStoreSourceBuilder::cache_file) instead of the
+    /// store.
+    pub cache_file_hits: u64,
+    /// Chunks the cache file holds now (fetched by this source or an earlier one).
+    pub cache_file_chunks: u64,
+    /// Cache-file reads and writes that failed (each chunk concerned went to the store).
+    pub cache_file_errors: u64,
 }
 
 #[derive(Default)]
@@ -195,6 +215,7 @@ struct Counters {
     hits: AtomicU64,
     joins: AtomicU64,
     readaheads: AtomicU64,
+    disk_hits: AtomicU64,
 }
 
 struct Inner {
@@ -211,6 +232,7 @@ struct Inner {
     readahead: usize,
     handle: Handle,
     counters: Counters,
+    disk: Option<Arc<CacheFile>>,
 }
 
 /// A chunk a read needs: cached already, or being fetched.
@@ -283,6 +305,14 @@ impl Inner {
     /// One chunk from the store, within the retry policy; `false` with an error held from a
     /// recent failure (no request made).
     async fn fetch(&self, index: u64) -> (Result<Bytes, ObjectStoreSourceError>, bool) {
+        // The cache file first: a chunk it holds needs no request, even while the store fails.
+        if let Some(disk) = self.disk.as_ref().filter(|d| d.has(index)) {
+            let disk = Arc::clone(disk);
+            if let Ok(Some(b)) = tokio::task::spawn_blocking(move || disk.read_chunk(index)).await {
+                self.counters.disk_hits.fetch_add(1, Ordering::Relaxed);
+                return (Ok(b), true);
+            }
+        }
         let hold = self.retry.get_failure_hold();
         if let Some(e) = self.cache.held_failure(hold) {
             return (Err(e), false);
@@ -320,6 +350,11 @@ impl Inner {
         };
         match &res {
             Ok(b) => {
+                if let Some(disk) = &self.disk {
+                    // Written beside the read: the waiting faults need not wait for the disk.
+                    let write = disk.write_later(index, b.clone());
+                    drop(tokio::task::spawn_blocking(move || write.run()));
+                }
                 self.counters.chunks.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .bytes
@@ -506,7 +541,33 @@ impl ObjectStoreSource {
             readaheads: c.readaheads.load(Ordering::Relaxed),
             evictions,
             cached_bytes,
+            cache_file_hits: c.disk_hits.load(Ordering::Relaxed),
+            cache_file_chunks: self.inner.disk.as_ref().map_or(0, |d| d.chunks_present()),
+            cache_file_errors: self.inner.disk.as_ref().map_or(0, |d| d.errors()),
         }
+    }
+
+    /// Flushes the [cache file](ObjectStoreSourceBuilder::cache_file) to disk and writes its
+    /// index, so a later source finds every chunk fetched so far (otherwise the index is written
+    /// every few dozen chunks, when the file holds the whole object, and when the source is
+    /// dropped). Waits (at most 10 s) for the writes of chunks already fetched. Does nothing
+    /// without a cache file. Blocking (an `fdatasync`).
+    ///
+    /// # Errors
+    ///
+    /// The file system's error.
+    pub fn flush_cache_file(&self) -> io::Result<()> {
+        let Some(disk) = &self.inner.disk else {
+            return Ok(());
+        };
+        // Chunks fetched before this call are being written beside their reads: wait for them.
+        if !disk.wait_written(Duration::from_secs(10)) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "chunk writes to the cache file did not finish within 10 s",
+            ));
+        }
+        disk.flush()
     }
 
     /// Reads `buf.len()` bytes at `offset` (async; what [`AsyncPageSource::read_at`] does),
