@@ -195,6 +195,11 @@ fn bad_arguments_are_usage_errors() {
         &["--source-mbps", "0"],
         &["--repeat", "x"],
         &["--frobnicate"],
+        &["--mib", "-3"],
+        &["serve-replay-wait"],
+        &["serve-replay-wait", "serve-record"],
+        &["--endpoint", "http://127.0.0.1:1"],
+        &["--source-option", "region=x"],
     ] {
         let out = bench(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
