@@ -62,6 +62,17 @@ pub fn write_pattern_file(path: &std::path::Path, pages: usize, seed: u64) -> io
     Ok(zeros)
 }
 
+/// Byte `i` of a dense test image ([`dense_image`]): never zero (so a page installed as zeros
+/// shows), and different from page to page (so a misplaced page shows).
+pub fn dense_byte(i: usize) -> u8 {
+    ((i / 4096 * 7 + i * 13) % 255 + 1) as u8
+}
+
+/// A dense test image of `len` bytes: [`dense_byte`] at every offset.
+pub fn dense_image(len: usize) -> Vec<u8> {
+    (0..len).map(dense_byte).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

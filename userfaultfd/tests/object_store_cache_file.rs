@@ -78,6 +78,19 @@ fn read_all(src: &ObjectStoreSource, expected: &[u8]) {
 
 const CHUNKS: u64 = (LEN as u64).div_ceil(CHUNK);
 
+/// Reads every chunk through `src` and flushes its cache file.
+fn fill(src: &ObjectStoreSource, expected: &[u8]) {
+    read_all(src, expected);
+    src.flush_cache_file().unwrap();
+}
+
+/// Checks that `src` found no chunk in its cache file and fetched every one from the store.
+fn starts_empty(src: &ObjectStoreSource, expected: &[u8]) {
+    assert_eq!(src.stats().cache_file_chunks, 0);
+    read_all(src, expected);
+    assert_eq!(src.stats().gets, CHUNKS);
+}
+
 #[test]
 fn a_second_source_reads_the_chunks_from_the_file() {
     let dir = Dir::new("reuse");
@@ -86,8 +99,7 @@ fn a_second_source_reads_the_chunks_from_the_file() {
     put(&store, &bytes);
 
     let first = source(&store, &dir.file());
-    read_all(&first, &bytes);
-    first.flush_cache_file().unwrap();
+    fill(&first, &bytes);
     let s = first.stats();
     assert_eq!(s.gets, CHUNKS);
     assert_eq!(s.cache_file_chunks, CHUNKS);
@@ -139,17 +151,11 @@ fn a_replaced_object_starts_the_file_again() {
     let store = Arc::new(InMemory::new());
     let old = image(1);
     put(&store, &old);
-    let first = source(&store, &dir.file());
-    read_all(&first, &old);
-    first.flush_cache_file().unwrap();
-    drop(first);
+    fill(&source(&store, &dir.file()), &old);
 
     let new = image(2);
     put(&store, &new); // a new ETag
-    let second = source(&store, &dir.file());
-    assert_eq!(second.stats().cache_file_chunks, 0);
-    read_all(&second, &new);
-    assert_eq!(second.stats().gets, CHUNKS);
+    starts_empty(&source(&store, &dir.file()), &new);
 }
 
 #[test]
@@ -158,20 +164,14 @@ fn a_damaged_index_is_ignored() {
     let store = Arc::new(InMemory::new());
     let bytes = image(4);
     put(&store, &bytes);
-    let first = source(&store, &dir.file());
-    read_all(&first, &bytes);
-    first.flush_cache_file().unwrap();
-    drop(first);
+    fill(&source(&store, &dir.file()), &bytes);
 
     let index = dir.0.join("img.cache.index");
     let mut raw = std::fs::read(&index).unwrap();
     let last = raw.len() - 9;
     raw[last] ^= 0xff;
     std::fs::write(&index, raw).unwrap();
-    let second = source(&store, &dir.file());
-    assert_eq!(second.stats().cache_file_chunks, 0);
-    read_all(&second, &bytes);
-    assert_eq!(second.stats().gets, CHUNKS);
+    starts_empty(&source(&store, &dir.file()), &bytes);
 }
 
 #[test]
@@ -189,14 +189,8 @@ fn a_file_without_a_version_to_check_is_not_reused() {
             .open_blocking()
             .unwrap()
     };
-    let first = open();
-    read_all(&first, &bytes);
-    first.flush_cache_file().unwrap();
-    drop(first);
-    let second = open();
-    assert_eq!(second.stats().cache_file_chunks, 0);
-    read_all(&second, &bytes);
-    assert_eq!(second.stats().gets, CHUNKS);
+    fill(&open(), &bytes);
+    starts_empty(&open(), &bytes);
 }
 
 #[test]

@@ -6,6 +6,7 @@
 use std::io;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
+use test_kit::pattern::{dense_byte, dense_image};
 
 use mmap::MemoryMapping;
 use object_store::local::LocalFileSystem;
@@ -19,14 +20,6 @@ use userfaultfd::UffdBuilder;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const MIB: usize = 1 << 20;
-
-fn byte_at(i: usize) -> u8 {
-    ((i / 4096 * 11 + i * 3) % 251 + 1) as u8
-}
-
-fn image(len: usize) -> Vec<u8> {
-    (0..len).map(byte_at).collect()
-}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -70,7 +63,7 @@ fn restore_and_verify(src: ObjectStoreSource, bytes: &[u8]) -> ObjectStoreSource
 fn local_file_system_store_and_file_url() {
     let dir = std::env::temp_dir().join(format!("uffd-objstore-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let bytes = image(5 * MIB + 4096);
+    let bytes = dense_image(5 * MIB + 4096);
     let store = Arc::new(LocalFileSystem::new_with_prefix(&dir).unwrap());
     put(&*store, "snap/mem", &bytes);
 
@@ -93,7 +86,7 @@ fn local_file_system_store_and_file_url() {
 
 #[test]
 fn in_memory_store() {
-    let bytes = image(3 * MIB);
+    let bytes = dense_image(3 * MIB);
     let store = Arc::new(InMemory::new());
     put(&*store, "mem", &bytes);
     let src = ObjectStoreSource::builder(store, Path::from("mem"))
@@ -109,7 +102,7 @@ fn in_memory_store() {
 #[test]
 fn a_replaced_object_fails_the_reads_instead_of_mixing_images() {
     let store = Arc::new(InMemory::new());
-    put(&*store, "mem", &image(4 * MIB));
+    put(&*store, "mem", &dense_image(4 * MIB));
     let src = ObjectStoreSource::builder(store.clone(), Path::from("mem"))
         .readahead(0)
         .open_blocking()
@@ -125,7 +118,7 @@ fn a_replaced_object_fails_the_reads_instead_of_mixing_images() {
 #[test]
 fn the_blocking_read_is_refused_on_a_runtime_thread() {
     let store = Arc::new(InMemory::new());
-    put(&*store, "mem", &image(MIB));
+    put(&*store, "mem", &dense_image(MIB));
     let src = ObjectStoreSource::builder(store.clone(), Path::from("mem"))
         .open_blocking()
         .unwrap();
@@ -146,7 +139,7 @@ fn the_blocking_read_is_refused_on_a_runtime_thread() {
             .unwrap();
         let mut page = vec![0u8; 4096];
         src.read(4096, &mut page).await.unwrap();
-        assert!(page.iter().all(|&b| b == byte_at(4096)) || page[0] == byte_at(4096));
+        assert!(page.iter().all(|&b| b == dense_byte(4096)) || page[0] == dense_byte(4096));
     });
     // open() outside a runtime, without one given: typed, no panic.
     let e = futures_util::FutureExt::now_or_never(
@@ -160,7 +153,7 @@ fn the_blocking_read_is_refused_on_a_runtime_thread() {
 #[test]
 fn bad_settings_are_config_errors() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    put(&*store, "mem", &image(MIB));
+    put(&*store, "mem", &dense_image(MIB));
     let open = |b: userfaultfd::serve::ObjectStoreSourceBuilder| b.open_blocking().unwrap_err();
     let b = || ObjectStoreSource::builder(store.clone(), Path::from("mem"));
     for e in [

@@ -16,6 +16,7 @@ use std::ops::Range;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
+use test_kit::pattern::{dense_byte, dense_image};
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
@@ -42,15 +43,6 @@ const CHILD_ENV: &str = "UFFD_OBJSTORE_CHILD";
 
 fn ps() -> usize {
     userfaultfd::page_size()
-}
-
-/// The image's byte at offset `i`: never zero, different from page to page.
-fn byte_at(i: usize) -> u8 {
-    ((i / 4096 * 7 + i * 13) % 255 + 1) as u8
-}
-
-fn image(len: usize) -> Vec<u8> {
-    (0..len).map(byte_at).collect()
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -88,13 +80,22 @@ fn moto_with_image(len: usize) -> Option<(Moto, Arc<dyn ObjectStore>, Vec<u8>)> 
     };
     moto.create_bucket(BUCKET);
     let store = s3(&moto, "testing");
-    let bytes = image(len);
+    let bytes = dense_image(len);
     rt().block_on(store.put(&Path::from("img"), PutPayload::from(bytes.clone())))
         .unwrap();
     Some((moto, store, bytes))
 }
 
 /// Short bounds, so a dead server fails a read in well under a second.
+/// A source reading only what is asked (no read-ahead), failing fast.
+fn lazy_source(store: Arc<dyn ObjectStore>) -> ObjectStoreSource {
+    ObjectStoreSource::builder(store, Path::from("img"))
+        .readahead(0)
+        .retry(fast_retry())
+        .open_blocking()
+        .unwrap()
+}
+
 fn fast_retry() -> RetryPolicy {
     RetryPolicy::new()
         .max_retries(1)
@@ -154,7 +155,7 @@ fn restore_through_the_threaded_server_from_s3() {
         .region(Region::new(m.clone(), src.clone()))
         .start(user_uffd())
         .unwrap();
-    assert_eq!(touch(&m, 5 * MIB + 17), byte_at(5 * MIB + 17));
+    assert_eq!(touch(&m, 5 * MIB + 17), dense_byte(5 * MIB + 17));
     server.wait_populated(TIMEOUT).unwrap();
     verify(&m, &bytes);
     let stats = server.shutdown().unwrap();
@@ -355,11 +356,7 @@ fn restore_then_kill(
     policy: FailurePolicy,
 ) -> Option<(Arc<MemoryMapping>, userfaultfd::serve::Server, Moto)> {
     let (mut moto, store, bytes) = moto_with_image(8 * MIB)?;
-    let src = ObjectStoreSource::builder(store, Path::from("img"))
-        .readahead(0)
-        .retry(fast_retry())
-        .open_blocking()
-        .unwrap();
+    let src = lazy_source(store);
     let m = Arc::new(MemoryMapping::new_private(8 * MIB).unwrap());
     let server = ServerBuilder::new()
         .prefetch(CHUNK)
@@ -383,7 +380,7 @@ fn s3_killed_mid_restore_zero_fills() {
     assert_eq!(touch(&m, 7 * MIB + 1), 0);
     assert_eq!(
         touch(&m, 4),
-        byte_at(4),
+        dense_byte(4),
         "the chunk fetched before still reads"
     );
     let stats = server.shutdown().unwrap();
@@ -526,11 +523,7 @@ fn threads_faulting_on_one_chunk_cost_one_get() {
         return;
     };
     let counting = Arc::new(Counting::new(store));
-    let src = ObjectStoreSource::builder(counting.clone(), Path::from("img"))
-        .readahead(0)
-        .retry(fast_retry())
-        .open_blocking()
-        .unwrap();
+    let src = lazy_source(counting.clone());
     let m = Arc::new(MemoryMapping::new_private(8 * MIB).unwrap());
     // No prefetch: every touched page is its own fault and its own source read.
     let server = ServerBuilder::new()

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
+use test_kit::pattern::dense_image;
 
 use mmap::MemoryMapping;
 use userfaultfd::serve::{
@@ -28,15 +29,6 @@ const MIB: usize = 1 << 20;
 
 fn ps() -> usize {
     userfaultfd::page_size()
-}
-
-/// The byte at offset `i` of the dense test files: never zero, different from page to page.
-fn byte_at(i: usize) -> u8 {
-    ((i / 4096 * 7 + i * 13) % 255 + 1) as u8
-}
-
-fn dense(len: usize) -> Vec<u8> {
-    (0..len).map(byte_at).collect()
 }
 
 /// A uniquely named file in the temporary directory, removed on drop.
@@ -93,7 +85,7 @@ fn both(path: &Path) -> [(&'static str, Arc<dyn PageSource>); 2] {
 fn contents_round_trip_at_various_offsets() {
     // Not a multiple of the page size: the tail page is partial.
     let len = 3 * MIB + 123;
-    let bytes = dense(len);
+    let bytes = dense_image(len);
     let t = Temp::with("round-trip", &bytes);
     let p = ps();
     let offsets = [
@@ -137,7 +129,7 @@ fn contents_round_trip_at_various_offsets() {
 #[test]
 fn read_past_the_end_is_unexpected_eof() {
     let len = 5 * ps() + 100;
-    let t = Temp::with("eof", &dense(len));
+    let t = Temp::with("eof", &dense_image(len));
     for (name, src) in both(t.path()) {
         let mut page = vec![0u8; ps()];
         // Straddling the end, starting at the end, far beyond, and overflowing u64.
@@ -156,13 +148,13 @@ fn read_past_the_end_is_unexpected_eof() {
         src.read_at((len - ps()) as u64, &mut page).unwrap();
         let mut tail = [0u8; 100];
         src.read_at((len - 100) as u64, &mut tail).unwrap();
-        assert!(tail[..] == dense(len)[len - 100..], "{name}");
+        assert!(tail[..] == dense_image(len)[len - 100..], "{name}");
     }
 }
 
 #[test]
 fn from_an_open_file_and_errors() {
-    let t = Temp::with("new", &dense(2 * ps()));
+    let t = Temp::with("new", &dense_image(2 * ps()));
     let f = FileSource::new(File::open(t.path()).unwrap()).unwrap();
     assert_eq!(f.len(), 2 * ps() as u64);
     assert!(
@@ -181,7 +173,7 @@ fn from_an_open_file_and_errors() {
     let p = MappedFileSource::open_populated(t.path()).unwrap();
     let mut b = [0u8; 16];
     p.read_at(ps() as u64, &mut b).unwrap();
-    assert_eq!(b[..], dense(2 * ps())[ps()..ps() + 16]);
+    assert_eq!(b[..], dense_image(2 * ps())[ps()..ps() + 16]);
 
     // Errors of open(2) come through as they are.
     let missing = t.path().with_extension("missing");
@@ -427,7 +419,7 @@ fn serve_and_verify(source: Arc<dyn PageSource>, expected: &[u8], mode: Mode) ->
 
 #[test]
 fn server_serves_a_dense_file_from_both_sources() {
-    let t = Temp::with("serve-dense", &dense(4 * MIB));
+    let t = Temp::with("serve-dense", &dense_image(4 * MIB));
     let expected = t.contents();
     for mode in [Mode::Background, Mode::DemandOnly] {
         for (name, src) in both(t.path()) {
@@ -471,7 +463,7 @@ fn server_serves_a_sparse_file_with_zero_pages() {
 fn one_file_serves_two_regions_at_source_offsets() {
     // A memory file of two "slots", served into two regions, as Firecracker's snapshot layout
     // describes guest memory.
-    let t = Temp::with("serve-offsets", &dense(3 * MIB));
+    let t = Temp::with("serve-offsets", &dense_image(3 * MIB));
     let expected = t.contents();
     for (name, src) in both(t.path()) {
         let a = Arc::new(MemoryMapping::new_private(MIB).unwrap());
@@ -497,7 +489,7 @@ fn one_file_serves_two_regions_at_source_offsets() {
 
 #[test]
 fn a_region_longer_than_the_file_is_refused() {
-    let t = Temp::with("serve-short", &dense(MIB));
+    let t = Temp::with("serve-short", &dense_image(MIB));
     for (name, src) in both(t.path()) {
         let memory = Arc::new(MemoryMapping::new_private(2 * MIB).unwrap());
         let e = ServerBuilder::new()

@@ -13,6 +13,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
+use test_kit::pattern::dense_image;
 
 use mmap::MemoryMapping;
 use userfaultfd::serve::tcp::MAX_REQUEST;
@@ -29,15 +30,6 @@ const SHORT: Duration = Duration::from_millis(200);
 
 fn ps() -> usize {
     userfaultfd::page_size()
-}
-
-/// Byte `i` of the test images: never zero, different from page to page.
-fn byte_at(i: usize) -> u8 {
-    ((i / 4096 * 7 + i * 13) % 255 + 1) as u8
-}
-
-fn image(len: usize) -> Vec<u8> {
-    (0..len).map(byte_at).collect()
 }
 
 fn serve(bytes: Vec<u8>) -> TcpImageServerHandle {
@@ -131,7 +123,7 @@ fn elapsed_ok(t: Instant) {
 #[test]
 fn round_trip_concurrent_reads() {
     let len = 9 << 20; // more than MAX_REQUEST, so one read is split
-    let bytes = image(len);
+    let bytes = dense_image(len);
     let server = serve(bytes.clone());
     let src = Arc::new(
         TcpSource::builder()
@@ -191,7 +183,7 @@ fn round_trip_concurrent_reads() {
 #[test]
 fn server_speaks_the_documented_protocol() {
     let len = 16 * 4096;
-    let bytes = image(len);
+    let bytes = dense_image(len);
     let server = serve(bytes.clone());
     let connect = || {
         let mut s = TcpStream::connect(server.local_addr()).unwrap();
@@ -245,7 +237,7 @@ fn server_speaks_the_documented_protocol() {
 fn full_restore_through_server() {
     let pages = 2048;
     let len = pages * ps();
-    let bytes = Arc::new(image(len));
+    let bytes = Arc::new(dense_image(len));
     let pages_server = serve(bytes.to_vec());
     let src = Arc::new(
         TcpSource::builder()
@@ -450,7 +442,7 @@ fn error_status_then_reconnect() {
             Ok(())
         }
     }
-    let bytes = image(8 * 4096);
+    let bytes = dense_image(8 * 4096);
     let server = TcpImageServer::new(
         TcpListener::bind("127.0.0.1:0").unwrap(),
         Arc::new(Flaky(bytes.clone())),
@@ -478,7 +470,7 @@ fn error_status_then_reconnect() {
 /// A kept connection that the server closed for idleness is replaced without an error.
 #[test]
 fn idle_connection_closed_by_server_is_replaced() {
-    let bytes = image(8 * 4096);
+    let bytes = dense_image(8 * 4096);
     let server = TcpImageServer::new(
         TcpListener::bind("127.0.0.1:0").unwrap(),
         Arc::new(MemorySource::new(bytes.clone())),
@@ -553,7 +545,7 @@ fn finish(server: Server) -> userfaultfd::serve::Stats {
 fn server_gone_mid_restore() {
     let pages = 256;
     let len = pages * ps();
-    let bytes = image(len);
+    let bytes = dense_image(len);
     let pages_server = serve(bytes.clone());
     let src = Arc::new(TcpSource::connect(pages_server.local_addr()).unwrap());
     let memory = Arc::new(MemoryMapping::new_private(len).unwrap());

@@ -274,6 +274,16 @@ impl Inner {
         }
     }
 
+    /// Looks chunks `first..=last` up (starting the fetches nobody started), then starts the
+    /// read-ahead after them.
+    fn needs(self: &Arc<Self>, first: u64, last: u64) -> Vec<Need> {
+        let needs = (first..=last).map(|i| self.need(i)).collect();
+        if self.readahead > 0 {
+            self.read_ahead(last);
+        }
+        needs
+    }
+
     /// Starts read-ahead of the chunks after `last`, as room and the concurrency allow.
     fn read_ahead(self: &Arc<Self>, last: u64) {
         let max_loading = self.concurrency.saturating_sub(1);
@@ -393,28 +403,39 @@ impl Inner {
         true
     }
 
+    /// Starts a read of `buf.len()` bytes at `offset`: the chunks it still has to wait for, or
+    /// `None` when it is done (empty, or served from cached chunks; read-ahead started).
+    fn begin(
+        self: &Arc<Self>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<(u64, u64)>, ObjectStoreSourceError> {
+        let Some((first, last)) = self.span(offset, buf.len())? else {
+            return Ok(None);
+        };
+        if self.read_cached(first, last, offset, buf) {
+            if self.readahead > 0 {
+                self.read_ahead(last);
+            }
+            return Ok(None);
+        }
+        Ok(Some((first, last)))
+    }
+
     async fn read(
         self: &Arc<Self>,
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), ObjectStoreSourceError> {
-        let Some((first, last)) = self.span(offset, buf.len())? else {
+        let Some((first, last)) = self.begin(offset, buf)? else {
             return Ok(());
         };
-        if !self.read_cached(first, last, offset, buf) {
-            let needs: Vec<Need> = (first..=last).map(|i| self.need(i)).collect();
-            if self.readahead > 0 {
-                self.read_ahead(last);
-            }
-            for (i, need) in (first..=last).zip(needs) {
-                let data = match need {
-                    Need::Have(b) => b,
-                    Need::Wait(f) => f.wait().await?,
-                };
-                self.copy_out(i, &data, offset, buf);
-            }
-        } else if self.readahead > 0 {
-            self.read_ahead(last);
+        for (i, need) in (first..=last).zip(self.needs(first, last)) {
+            let data = match need {
+                Need::Have(b) => b,
+                Need::Wait(f) => f.wait().await?,
+            };
+            self.copy_out(i, &data, offset, buf);
         }
         Ok(())
     }
@@ -424,15 +445,9 @@ impl Inner {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), ObjectStoreSourceError> {
-        let Some((first, last)) = self.span(offset, buf.len())? else {
+        let Some((first, last)) = self.begin(offset, buf)? else {
             return Ok(());
         };
-        if self.read_cached(first, last, offset, buf) {
-            if self.readahead > 0 {
-                self.read_ahead(last);
-            }
-            return Ok(());
-        }
         if Handle::try_current().is_ok() {
             return Err(ObjectStoreSourceError::Runtime(
                 "the blocking PageSource::read_at of an ObjectStoreSource was called on a thread \
@@ -441,10 +456,7 @@ impl Inner {
                     .into(),
             ));
         }
-        let needs: Vec<Need> = (first..=last).map(|i| self.need(i)).collect();
-        if self.readahead > 0 {
-            self.read_ahead(last);
-        }
+        let needs = self.needs(first, last);
         // The fetch ends within the deadline; the margin covers waiting for a permit.
         let bound = self.retry.get_deadline() * 2 + Duration::from_secs(1);
         for (i, need) in (first..=last).zip(needs) {
