@@ -290,7 +290,10 @@ fn full_restore_through_server() {
     // Every page was copied exactly once. Over TCP every byte came at least once; a page
     // already present may come again inside a request that brings the missing pages around it
     // (read-through coalescing: one request instead of one per missing run).
-    assert_eq!(stats.bytes_copied, len as u64, "a page was copied twice: {stats:?}");
+    assert_eq!(
+        stats.bytes_copied, len as u64,
+        "a page was copied twice: {stats:?}"
+    );
     let st = src.stats();
     assert!(st.bytes >= len as u64, "a page never came: {st:?}");
     assert!(st.connections <= 3 && st.failures == 0, "{st:?}");
