@@ -181,7 +181,7 @@ fn page_server_default() {
             "pages: 512 demand + 7680 prefetched + 0 background, failed: 0",
             "on 1 connection(s); fault latency p50",
             "MB/s",
-            "verified: all 8192 pages match the server's image, each received once",
+            "verified: all 8192 pages match the server's image, each copied once",
         ],
     );
 }

@@ -4,14 +4,16 @@
 //! open. Inside the window the test's own thread only touches pages of a served mapping (the
 //! volatile accessors allocate nothing) and polls the server's progress, so whatever is counted
 //! comes from the server's threads: the handler (reading faults, claiming pages, copying,
-//! waking, prefetching, recording latency) and background fill. Two windows: demand faults with
-//! prefetch and no background fill, then background fill alone. Every wait is bounded.
+//! waking, prefetching, recording latency) and background fill. Three windows: demand faults with
+//! prefetch and no background fill, then background fill alone, then demand faults whose
+//! prefetch reads fragmented windows from a read-through source in one request each (read-through
+//! coalescing). Every wait is bounded.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mmap::MemoryMapping;
-use userfaultfd::serve::{MemorySource, Region, Server, ServerBuilder};
+use userfaultfd::serve::{MemorySource, PageSource, Region, Server, ServerBuilder};
 use userfaultfd::UffdBuilder;
 
 mod counting_alloc;
@@ -26,13 +28,30 @@ fn byte_of(p: usize) -> u8 {
     (p * 13 + 1) as u8
 }
 
-fn serve(m: &Arc<MemoryMapping>, builder: ServerBuilder) -> Server {
+fn image() -> Vec<u8> {
     let page = userfaultfd::page_size();
-    let image: Vec<u8> = (0..PAGES * page).map(|i| byte_of(i / page)).collect();
+    (0..PAGES * page).map(|i| byte_of(i / page)).collect()
+}
+
+fn serve(m: &Arc<MemoryMapping>, builder: ServerBuilder) -> Server {
     builder
-        .region(Region::new(m.clone(), Arc::new(MemorySource::new(image))))
+        .region(Region::new(m.clone(), Arc::new(MemorySource::new(image()))))
         .start(UffdBuilder::new().user_mode_only(true).create().unwrap())
         .unwrap()
+}
+
+/// A source the server must read (no direct view), as a disk or a network peer.
+struct ReadThrough(Vec<u8>);
+
+impl PageSource for ReadThrough {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let start = offset as usize;
+        buf.copy_from_slice(&self.0[start..start + buf.len()]);
+        Ok(())
+    }
 }
 
 /// Opens the window, runs `body`, closes it; returns the allocations counted.
@@ -99,6 +118,48 @@ fn serving_faults_allocates_nothing() {
     let stats = server.take().unwrap().shutdown().unwrap();
     assert!(stats.pages_background > 0, "{stats:?}");
     assert_eq!(allocs, 0, "allocations during background fill: {stats:?}");
+    for p in 0..PAGES {
+        assert_eq!(m.read_obj::<u8>(p * page).unwrap(), byte_of(p), "page {p}");
+    }
+
+    // Window 3: memory fragmented (every even page present after an exact recording), then a
+    // fault on the first odd page of each prefetch window: its window is read in one request
+    // into the handler's bounce buffer and copied run by run.
+    let window_bytes = 64 << 10;
+    let per_window = (window_bytes / page).max(1);
+    let m = Arc::new(MemoryMapping::new_private(PAGES * page).unwrap());
+    let server = ServerBuilder::new()
+        .region(Region::new(m.clone(), Arc::new(ReadThrough(image()))))
+        .exact_recording(true)
+        .background_threads(0)
+        .prefetch(window_bytes)
+        .prefetch_max(window_bytes)
+        .start(UffdBuilder::new().user_mode_only(true).create().unwrap())
+        .unwrap();
+    for p in (0..PAGES).step_by(2) {
+        assert_eq!(m.read_obj::<u8>(p * page).unwrap(), byte_of(p), "page {p}");
+    }
+    // Recording ends (and its working set is built) outside the window.
+    drop(server.finish_recording());
+    let mut bad = None;
+    let mut done = false;
+    let allocs = window(|| {
+        for p in (1..PAGES).step_by(per_window.max(2)) {
+            if m.read_obj::<u8>(p * page).ok() != Some(byte_of(p)) {
+                bad = Some(p);
+                break;
+            }
+        }
+        done = populated(&server);
+    });
+    assert_eq!(bad, None, "wrong byte in a served page");
+    assert!(done, "not populated within {LIMIT:?}");
+    let stats = server.shutdown().unwrap();
+    assert!(stats.pages_prefetch > 0, "{stats:?}");
+    assert_eq!(
+        allocs, 0,
+        "allocations while prefetching fragmented windows: {stats:?}"
+    );
     for p in 0..PAGES {
         assert_eq!(m.read_obj::<u8>(p * page).unwrap(), byte_of(p), "page {p}");
     }

@@ -279,8 +279,15 @@ fn full_restore_through_server() {
     let stats = server.shutdown().unwrap();
     assert_eq!(stats.pages_present(), pages as u64, "{stats:?}");
     assert_eq!(stats.source_errors, 0);
+    // Every page was copied exactly once. Over TCP every byte came at least once; a page
+    // already present may come again inside a request that brings the missing pages around it
+    // (read-through coalescing: one request instead of one per missing run).
+    assert_eq!(
+        stats.bytes_copied, len as u64,
+        "a page was copied twice: {stats:?}"
+    );
     let st = src.stats();
-    assert_eq!(st.bytes, len as u64, "a page was fetched twice: {st:?}");
+    assert!(st.bytes >= len as u64, "a page never came: {st:?}");
     assert!(st.connections <= 3 && st.failures == 0, "{st:?}");
     drop(src);
     assert!(pages_server.wait_idle(TIMEOUT));

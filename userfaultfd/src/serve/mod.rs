@@ -11,6 +11,9 @@
 //! - **Prefetch**: after every fault of a batch is resolved, the rest of each fault's aligned
 //!   chunk is copied, in one `UFFDIO_COPY` per run of missing pages; faults moving forward
 //!   through a region double the chunk up to a maximum, as the kernel's readahead does.
+//!   Where missing runs alternate with short stretches of present pages (after a replay), a
+//!   source that is read (no direct view) is read once for all of them (read-through
+//!   coalescing), so each run does not pay the source's per-request latency.
 //! - **Background fill** threads copy every page not yet present in large chunks, yielding
 //!   while demand faults are being served. [`Server::wait_populated`] returns once every page
 //!   is present; the regions are then plain memory.
@@ -68,6 +71,7 @@ pub mod async_server;
 #[cfg(feature = "tokio")]
 mod async_source;
 mod builder;
+mod coalesce;
 mod error;
 mod file;
 #[cfg(feature = "object-store")]

@@ -64,7 +64,10 @@ impl<'a> DirectView<'a> {
 ///
 /// A source is shared by the server's threads, which call it concurrently, so it is
 /// `Send + Sync` and takes `&self`. Reads are issued for whole pages (or runs of pages) inside
-/// `0..len()`.
+/// `0..len()`. A source without a direct view may be asked for a page more than once: where
+/// missing pages alternate with present ones, one read covers several missing runs and the
+/// short present gaps between them (read-through coalescing: one request's latency instead of
+/// one per run). No page is copied into the region twice.
 ///
 /// ```
 /// use std::io;

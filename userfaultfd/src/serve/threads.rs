@@ -179,18 +179,15 @@ fn demand(s: &Shared, addr: usize, kind: FaultKind, rw: ReadWrite, t0: Instant, 
     }
 }
 
-/// Copies the runs of missing pages in `start..end` of region `ri`.
+/// Copies the runs of missing pages in `start..end` of region `ri`; runs separated by short
+/// gaps of present pages are read from the source in one request (`coalesce.rs`).
 fn fill_missing(s: &Shared, ri: usize, start: usize, end: usize, path: Path, bounce: &mut [u8]) {
     let r = &s.regions[ri];
     let mut p = start;
     while let Some(first) = r.states.next_missing(p, end) {
-        let stop = r.states.claim_run(first, end);
-        if stop == first {
-            p = first + 1;
-            continue;
-        }
-        s.fill(ri, first, stop, path, bounce, false);
-        p = stop;
+        p = s
+            .fill_from(ri, first, end, path, bounce)
+            .unwrap_or(first + 1);
     }
 }
 
@@ -351,14 +348,20 @@ pub(super) fn background_loop(s: &Shared, me: usize, of: usize, ready: &dyn Fn()
                 while let Some(first) = r.states.next_missing(p, hi) {
                     // A slow source (a disk, a network) gets smaller reads, so that a demand
                     // fault never waits long behind one: about a millisecond each.
+                    // Missing runs separated by short present gaps (memory fragmented by a
+                    // replay) are read in one request, up to the step.
                     let step = step_pages.clamp(min_step, chunk);
-                    let stop = r.states.claim_run(first, hi.min(first + step));
-                    if stop == first {
+                    let t = Instant::now();
+                    let Some(stop) = s.fill_from(
+                        ri,
+                        first,
+                        hi.min(first + step),
+                        Path::Background,
+                        &mut bounce,
+                    ) else {
                         p = first + 1;
                         continue;
-                    }
-                    let t = Instant::now();
-                    s.fill(ri, first, stop, Path::Background, &mut bounce, false);
+                    };
                     let took = t.elapsed();
                     if took > STEP_SLOW && step > min_step {
                         step_pages = step / 2;

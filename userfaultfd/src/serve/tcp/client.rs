@@ -347,7 +347,10 @@ pub struct TcpSourceStats {
 /// }
 /// let stats = server.shutdown()?;
 /// assert_eq!(stats.pages_present(), 64);
-/// assert_eq!(source.stats().bytes as usize, 64 * page); // every page fetched once
+/// assert_eq!(stats.bytes_copied as usize, 64 * page); // every page copied once
+/// // Every page came over TCP; the faulting page may come again inside the one request that
+/// // brings the pages on both sides of it (read-through coalescing).
+/// assert!(source.stats().bytes as usize >= 64 * page);
 /// drop(source); // closes the connections
 /// pages.shutdown();
 /// # Ok(()) }
