@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::{recv_fd, send_fd, Map};
 use libc::c_void;
-use nix::errno::Errno;
+use userfaultfd::Errno;
 use userfaultfd::{
     page_size, sys, CopyMode, Error, Event, EventBuffer, FaultKind, FeatureFlags, Operation,
     RegisterMode, Uffd, UffdBuilder,

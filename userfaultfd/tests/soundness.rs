@@ -381,7 +381,7 @@ fn auto_falls_back_to_the_syscall_when_the_device_ioctl_is_refused() {
     {
         Err(Error::Os {
             op: Operation::IocNew,
-            errno: nix::errno::Errno::EPERM,
+            errno: userfaultfd::Errno::EPERM,
             ..
         }) => {}
         other => panic!("the filter did not refuse the device: {other:?}"),
