@@ -128,24 +128,8 @@ async fn with_prefetch_and_background_reads_never_cross_a_chunk() {
 async fn hugetlb_regions_are_served_in_huge_pages() {
     let huge = 2 << 20;
     let pages = 4;
-    let free = mmap::HugePageSize::Size2MiB.free_pages().unwrap_or(0);
-    if free < pages as u64 + 2 {
-        test_kit::report::skip(format!(
-            "needs {} free 2 MiB huge pages, {free} free (sysctl vm.nr_hugepages=128)",
-            pages + 2
-        ));
+    let Some(m) = hugetlb_mapping(pages) else {
         return;
-    }
-    let m = match mmap::MemoryMappingBuilder::new(pages * huge)
-        .private()
-        .hugetlb(mmap::HugePageSize::Size2MiB)
-        .build()
-    {
-        Ok(m) => Arc::new(m),
-        Err(e) => {
-            test_kit::report::skip(format!("cannot map hugetlb memory: {e}"));
-            return;
-        }
     };
     let server = AsyncServerBuilder::new()
         .region(AsyncRegion::new(m.clone(), Image::new(pages, huge, None)))
