@@ -141,6 +141,7 @@ mod error;
 mod event;
 mod flags;
 mod ops;
+mod outcome;
 mod pagemap;
 mod range;
 mod raw;
@@ -157,7 +158,7 @@ pub use flags::{
     ContinueMode, CopyMode, FeatureFlags, IoctlFlags, MoveMode, PoisonMode, RegisterMode,
     WriteProtectMode, ZeropageMode,
 };
-pub use ops::range_outcome;
+pub use outcome::range_outcome;
 pub use pagemap::{PageCategories, PageMap, PageRegion, ScanFlags, ScanOutcome, ScanRequest};
 pub use uffd::Uffd;
 
