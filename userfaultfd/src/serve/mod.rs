@@ -68,6 +68,7 @@ pub mod async_server;
 #[cfg(feature = "tokio")]
 mod async_source;
 mod builder;
+mod dispatch;
 mod error;
 mod file;
 #[cfg(feature = "object-store")]
