@@ -14,8 +14,10 @@ pub(super) type Fault = (usize, FaultKind, ReadWrite, Instant);
 
 /// What [`Shared::read_batch`] found.
 pub(super) enum Batch {
-    /// This many messages were read (0: none was pending).
-    Read(usize),
+    /// No message was pending.
+    Empty,
+    /// Messages were read and handled.
+    Read,
     /// The read was interrupted by a signal: nothing was read.
     Interrupted,
     /// The read failed: the error was reported and the server halted; the caller stops.
@@ -30,15 +32,16 @@ impl Shared {
     /// lock is released; messages that cannot be decoded are reported.
     pub(super) fn read_batch(&self, buf: &mut EventBuffer, faults: &mut Vec<Fault>) -> Batch {
         let _guard = self.event_lock.as_ref().map(|l| l.write());
-        let n = match self.uffd.fill_events(buf) {
-            Ok(n) => n,
+        match self.uffd.fill_events(buf) {
+            Ok(0) => return Batch::Empty,
+            Ok(_) => {}
             Err(Error::Interrupted { .. }) => return Batch::Interrupted,
             Err(e) => {
                 self.report(&ServeError::Uffd(e));
                 self.halt("reading the userfaultfd failed".into(), true);
                 return Batch::Failed;
             }
-        };
+        }
         let now = Instant::now();
         for ev in self.uffd.buffered_events(buf) {
             match ev {
@@ -54,6 +57,6 @@ impl Shared {
                 Err(e) => self.report(&ServeError::Uffd(e)),
             }
         }
-        Batch::Read(n)
+        Batch::Read
     }
 }

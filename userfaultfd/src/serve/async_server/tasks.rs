@@ -221,9 +221,9 @@ pub(super) async fn reader(ctx: Arc<Ctx>, uffd: AsyncFd<UffdFd>, stop: AsyncFd<S
         }
         // As the threaded handlers read: under the event lock, events applied at once.
         match s.read_batch(&mut buf, &mut faults) {
-            Batch::Read(0) => guard.clear_ready(),
+            Batch::Empty => guard.clear_ready(),
             Batch::Failed => break,
-            Batch::Read(_) | Batch::Interrupted => {}
+            Batch::Read | Batch::Interrupted => {}
         }
         drop(guard);
         Counters::add(&s.counters.demand_faults, faults.len() as u64);
