@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use userfaultfd::{FeatureFlags, UffdBuilder};
 
-use super::handshake::{closed_by_peer, mappings_json, peer_pid, send_with_fds};
+use super::handshake::{closed_by_peer, mappings_json, send_with_fds};
 use super::vm::{marker, VmSpec};
 use super::HUGE;
 
@@ -115,7 +115,7 @@ pub fn vm_main(spec: VmSpec) -> ! {
             .unwrap_or_else(|e| fail(format!("register: {e}")));
     }
     let sock = UnixStream::connect(&spec.socket).unwrap_or_else(|e| fail(format!("connect: {e}")));
-    let handler = peer_pid(&sock);
+    let handler = examples::peer_pid(&sock).unwrap_or_else(|e| fail(format!("SO_PEERCRED: {e}")));
 
     // The watchdog: the handler exiting before the restore is verified is a failure, reported
     // at once (the threads waiting on faults would otherwise wait forever).

@@ -89,25 +89,3 @@ pub fn mappings_json(
         .collect();
     format!("[{}]", items.join(","))
 }
-
-/// The pid of the process listening at the other end of `s` (`SO_PEERCRED`).
-pub(super) fn peer_pid(s: &UnixStream) -> libc::pid_t {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are live and sized for SO_PEERCRED.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "SO_PEERCRED: {}", std::io::Error::last_os_error());
-    cred.pid
-}
