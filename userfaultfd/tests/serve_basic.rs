@@ -10,7 +10,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::serving::{
-    byte_of, hugetlb_mapping, image, image_region, touch_all, user_uffd, verify,
+    anon, byte_of, hugetlb_mapping, image, image_region, touch_all, user_uffd, verify,
 };
 use common::{ps, TIMEOUT};
 use mmap::MemoryMapping;
@@ -20,7 +20,7 @@ use userfaultfd::serve::{MemorySource, PageSource, Region, ServeError, ServerBui
 fn eight_threads_race_on_the_same_pages() {
     let page = ps();
     let pages = 2048; // 8 MiB
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let m = anon(pages);
     let src = Arc::new(MemorySource::new(image(pages, page)));
     let server = ServerBuilder::new()
         .region(Region::new(m.clone(), src))
@@ -44,7 +44,7 @@ fn demand_and_prefetch_only_without_background_fill() {
     let page = ps();
     let pages = 1024;
     let chunk = 64 << 10;
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let m = anon(pages);
     let server = ServerBuilder::new()
         .region(image_region(&m, pages, page))
         .background_threads(0)
@@ -97,8 +97,8 @@ fn hugetlb_regions_are_served_in_huge_pages() {
 fn two_servers_at_once() {
     let page = ps();
     let pages = 1024;
-    let a = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
-    let b = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let a = anon(pages);
+    let b = anon(pages);
     let sa = ServerBuilder::new()
         .region(image_region(&a, pages, page))
         .start(user_uffd())
@@ -125,9 +125,7 @@ fn one_server_many_regions_with_source_offsets() {
     let page = ps();
     let pages = 256;
     let src: Arc<dyn PageSource> = Arc::new(MemorySource::new(image(3 * pages, page)));
-    let regions: Vec<Arc<MemoryMapping>> = (0..3)
-        .map(|_| Arc::new(MemoryMapping::new_private(pages * page).unwrap()))
-        .collect();
+    let regions: Vec<Arc<MemoryMapping>> = (0..3).map(|_| anon(pages)).collect();
     let mut builder = ServerBuilder::new();
     for (i, r) in regions.iter().enumerate() {
         builder = builder
@@ -147,7 +145,7 @@ fn one_server_many_regions_with_source_offsets() {
 fn pages_present_before_start_are_kept() {
     let page = ps();
     let pages = 64;
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let m = anon(pages);
     m.write_obj(0xeeu8, 5 * page).unwrap();
     let server = ServerBuilder::new()
         .region(image_region(&m, pages, page))
@@ -167,7 +165,7 @@ fn pages_present_before_start_are_kept() {
 fn stop_when_populated_leaves_plain_memory() {
     let page = ps();
     let pages = 256;
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let m = anon(pages);
     let server = ServerBuilder::new()
         .region(image_region(&m, pages, page))
         .stop_when_populated(true)
@@ -181,7 +179,7 @@ fn stop_when_populated_leaves_plain_memory() {
 #[test]
 fn refused_configurations_are_typed_errors() {
     let page = ps();
-    let m = Arc::new(MemoryMapping::new_private(4 * page).unwrap());
+    let m = anon(4);
     let small: Arc<dyn PageSource> = Arc::new(MemorySource::new(vec![0u8; 2 * page]));
     let fits: Arc<dyn PageSource> = Arc::new(MemorySource::new(vec![0u8; 4 * page]));
     let cases: Vec<(&str, ServerBuilder)> = vec![

@@ -6,11 +6,11 @@ mod common;
 
 use std::sync::Arc;
 
-use common::serving::{byte_of, dirty_set, image, image_region, user_uffd};
+use common::serving::{anon, byte_of, dirty_set, image, image_region, user_uffd};
 use common::{ps, TIMEOUT};
 use mmap::MemoryMapping;
 use userfaultfd::serve::{MemorySource, Region, ServeError, ServerBuilder};
-use userfaultfd::{FeatureFlags, UffdBuilder};
+use userfaultfd::FeatureFlags;
 
 /// Writes one byte into each page of `pages` of `m`.
 fn write_pages(m: &MemoryMapping, page: usize, pages: &[usize]) {
@@ -22,7 +22,7 @@ fn write_pages(m: &MemoryMapping, page: usize, pages: &[usize]) {
 fn dirty_tracking_round_trip(uffd: userfaultfd::Uffd) -> userfaultfd::serve::Stats {
     let page = ps();
     let pages = 256;
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let m = anon(pages);
     let server = ServerBuilder::new()
         .region(image_region(&m, pages, page))
         .prefetch(0)
@@ -65,13 +65,8 @@ fn dirty_tracking_round_trip(uffd: userfaultfd::Uffd) -> userfaultfd::serve::Sta
 
 #[test]
 fn dirty_pages_with_wp_async() {
-    let uffd = match UffdBuilder::new()
-        .user_mode_only(true)
-        .require_features(FeatureFlags::WP_ASYNC)
-        .create()
-    {
-        Ok(uffd) => uffd,
-        Err(e) => return common::kernel::assert_lacks(FeatureFlags::WP_ASYNC, &e),
+    let Some(uffd) = common::kernel::user_uffd_if_supported(FeatureFlags::WP_ASYNC) else {
+        return;
     };
     let stats = dirty_tracking_round_trip(uffd);
     assert_eq!(stats.wp_faults, 0, "{stats:?}");
@@ -87,7 +82,7 @@ fn dirty_pages_with_write_protect_faults() {
 #[test]
 fn dirty_pages_needs_tracking() {
     let page = ps();
-    let m = Arc::new(MemoryMapping::new_private(4 * page).unwrap());
+    let m = anon(4);
     let server = ServerBuilder::new()
         .region(Region::new(m, Arc::new(MemorySource::new(image(4, page)))))
         .start(user_uffd())

@@ -7,22 +7,19 @@ mod common;
 use std::sync::{mpsc, Arc};
 use std::thread;
 
-use common::serving::{byte_of, dontneed, image, image_region, user_uffd, verify, Gated};
+use common::serving::{
+    anon, byte_of, dontneed, image, image_region, user_uffd, user_uffd_with, verify, Gated,
+};
 use common::{ps, Map, TIMEOUT};
-use mmap::MemoryMapping;
 use userfaultfd::serve::{MemorySource, PageSource, Region, ServerBuilder};
-use userfaultfd::{FeatureFlags, UffdBuilder};
+use userfaultfd::FeatureFlags;
 
 #[test]
 fn removed_pages_read_as_zeros_never_as_source_data() {
     let page = ps();
     let pages = 512;
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
-    let uffd = UffdBuilder::new()
-        .user_mode_only(true)
-        .require_features(FeatureFlags::EVENT_REMOVE)
-        .create()
-        .unwrap();
+    let m = anon(pages);
+    let uffd = user_uffd_with(FeatureFlags::EVENT_REMOVE);
     let server = ServerBuilder::new()
         .region(image_region(&m, pages, page))
         .start(uffd)
@@ -44,12 +41,8 @@ fn removed_pages_read_as_zeros_never_as_source_data() {
 fn removal_before_population_is_skipped_by_background_fill() {
     let page = ps();
     let pages = 4096;
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
-    let uffd = UffdBuilder::new()
-        .user_mode_only(true)
-        .require_features(FeatureFlags::EVENT_REMOVE)
-        .create()
-        .unwrap();
+    let m = anon(pages);
+    let uffd = user_uffd_with(FeatureFlags::EVENT_REMOVE);
     let (release, gate) = mpsc::channel();
     let src = Arc::new(Gated::new(image(pages, page), gate));
     let server = ServerBuilder::new()
@@ -79,11 +72,7 @@ fn unmapping_part_of_a_region_while_background_fill_runs() {
     let page = ps();
     let pages = 4096;
     let map = Map::anon(pages * page);
-    let uffd = UffdBuilder::new()
-        .user_mode_only(true)
-        .require_features(FeatureFlags::EVENT_UNMAP)
-        .create()
-        .unwrap();
+    let uffd = user_uffd_with(FeatureFlags::EVENT_UNMAP);
     let src: Arc<dyn PageSource> = Arc::new(MemorySource::new(image(pages, page)));
     // SAFETY: `map` is this test's raw mapping, read only through `Map::read` below, and its
     // second half is unmapped only through the munmap below, which the server learns of.
@@ -112,7 +101,7 @@ fn unmapping_part_of_a_region_while_background_fill_runs() {
 fn a_page_dropped_without_a_remove_event_is_served_again_not_spun_on() {
     let page = ps();
     let pages = 64;
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let m = anon(pages);
     // No EVENT_REMOVE: the server cannot learn of the drop below.
     let server = ServerBuilder::new()
         .region(image_region(&m, pages, page))

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
-use common::serving::{byte_of, image, user_uffd, Gated};
+use common::serving::{anon, byte_of, image, user_uffd, Gated};
 use common::{ps, TIMEOUT};
 use mmap::MemoryMapping;
 use userfaultfd::serve::{
@@ -47,6 +47,26 @@ fn failing(pages: usize, page: usize, bad_page: usize) -> Arc<Failing> {
     })
 }
 
+/// The pages of the region the failure tests serve.
+const PAGES: usize = 64;
+
+/// A mapping of [`PAGES`] pages served, with no prefetch, from a source whose page 9 fails, by
+/// the server `configure` completes; and the messages of the errors that server reports.
+fn serve_failing(
+    configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+) -> (Arc<MemoryMapping>, Server, Arc<Mutex<Vec<String>>>) {
+    let page = ps();
+    let m = anon(PAGES);
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&errors);
+    let builder = ServerBuilder::new()
+        .region(Region::new(m.clone(), failing(PAGES, page, 9)))
+        .prefetch(0)
+        .on_error(move |e| seen.lock().unwrap().push(e.to_string()));
+    let server = configure(builder).start(user_uffd()).unwrap();
+    (m, server, errors)
+}
+
 /// Set in a re-executed child: the name of the case to run there.
 const CHILD_ENV: &str = "UFFD_SERVE_CHILD";
 
@@ -61,17 +81,7 @@ fn a_failed_source_read_poisons_the_page() {
         return common::kernel::assert_lacks(FeatureFlags::POISON, &e);
     }
     let page = ps();
-    let pages = 64;
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&errors);
-    let server = ServerBuilder::new()
-        .region(Region::new(m.clone(), failing(pages, page, 9)))
-        .prefetch(0)
-        .background_threads(0)
-        .on_error(move |e| seen.lock().unwrap().push(e.to_string()))
-        .start(user_uffd())
-        .unwrap();
+    let (m, server, errors) = serve_failing(|b| b.background_threads(0));
     // Good pages are served...
     assert_eq!(m.read_obj::<u8>(8 * page).unwrap(), byte_of(8));
     if common::is_child(CHILD_ENV, NAME) {
@@ -91,17 +101,7 @@ fn a_failed_source_read_poisons_the_page() {
 #[test]
 fn zero_fill_policy_goes_on_with_zeros_and_reports() {
     let page = ps();
-    let pages = 64;
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&errors);
-    let server = ServerBuilder::new()
-        .region(Region::new(m.clone(), failing(pages, page, 9)))
-        .prefetch(0)
-        .failure_policy(FailurePolicy::ZeroFill)
-        .on_error(move |e| seen.lock().unwrap().push(e.to_string()))
-        .start(user_uffd())
-        .unwrap();
+    let (m, server, errors) = serve_failing(|b| b.failure_policy(FailurePolicy::ZeroFill));
     assert_eq!(m.read_obj::<u8>(9 * page).unwrap(), 0);
     server.wait_populated(TIMEOUT).unwrap();
     let stats = server.shutdown().unwrap();
@@ -112,7 +112,7 @@ fn zero_fill_policy_goes_on_with_zeros_and_reports() {
         errors.iter().any(|e| e.contains("disk is on fire")),
         "{errors:?}"
     );
-    for p in (0..pages).filter(|&p| p != 9) {
+    for p in (0..PAGES).filter(|&p| p != 9) {
         assert_eq!(m.read_obj::<u8>(p * page).unwrap(), byte_of(p), "page {p}");
     }
 }
@@ -120,15 +120,8 @@ fn zero_fill_policy_goes_on_with_zeros_and_reports() {
 #[test]
 fn stop_policy_unregisters_and_says_why() {
     let page = ps();
-    let pages = 64;
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
-    let server = ServerBuilder::new()
-        .region(Region::new(m.clone(), failing(pages, page, 9)))
-        .prefetch(0)
-        .background_threads(0)
-        .failure_policy(FailurePolicy::Stop)
-        .start(user_uffd())
-        .unwrap();
+    let (m, server, _) =
+        serve_failing(|b| b.background_threads(0).failure_policy(FailurePolicy::Stop));
     // The faulting thread is released to the kernel's default: a zero page.
     assert_eq!(m.read_obj::<u8>(9 * page).unwrap(), 0);
     match server.wait_populated(TIMEOUT) {
@@ -145,7 +138,7 @@ fn stop_policy_unregisters_and_says_why() {
 fn shutdown_with_a_fault_in_flight_releases_the_faulting_thread() {
     let page = ps();
     let pages = 16;
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let m = anon(pages);
     let (release, gate) = mpsc::channel();
     let src = Arc::new(Gated::new(image(pages, page), gate));
     let server = ServerBuilder::new()
@@ -176,7 +169,7 @@ fn shutdown_with_a_fault_in_flight_releases_the_faulting_thread() {
 fn shutdown_while_threads_wait_on_missing_pages() {
     let page = ps();
     let pages = 16;
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let m = anon(pages);
     let (release, gate) = mpsc::channel::<()>();
     let src = Arc::new(Gated::new(image(pages, page), gate));
     let server: Server = ServerBuilder::new()

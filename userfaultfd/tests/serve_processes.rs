@@ -6,11 +6,11 @@ mod common;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
-use common::serving::{byte_of, dirty_set, image};
+use common::serving::{anon, byte_of, dirty_set, image};
 use common::{ps, Map, TIMEOUT};
-use mmap::MemoryMapping;
 use userfaultfd::serve::{MemorySource, PageSource, Region, Server, ServerBuilder};
 use userfaultfd::{FeatureFlags, UffdBuilder};
 
@@ -77,18 +77,8 @@ fn serving_another_process_until_it_exits() {
     let pages = 64;
     // Mapped before the fork: the child's copy is the "guest memory" at a known address.
     let guest = Map::anon(pages * page);
-    let mut socks = [0i32; 2];
-    // SAFETY: `socks` has room for the two fds.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            socks.as_mut_ptr(),
-        )
-    };
-    assert_eq!(r, 0);
-    let (addr, csock) = (guest.addr(), socks[1]);
+    let (sock, child_sock) = UnixStream::pair().expect("socketpair");
+    let (addr, csock) = (guest.addr(), child_sock.as_raw_fd());
     // SAFETY: the child makes only raw system calls and leaves with _exit.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
@@ -97,10 +87,8 @@ fn serving_another_process_until_it_exits() {
         // SAFETY: ends the child without running the parent's destructors.
         unsafe { libc::_exit(code) };
     }
-    // SAFETY: our end of the pair, now owned here; the child's end is closed in this process.
-    let sock = unsafe { OwnedFd::from_raw_fd(socks[0]) };
-    // SAFETY: closes our copy of the child's end.
-    unsafe { libc::close(socks[1]) };
+    // Our copy of the child's end.
+    drop(child_sock);
     let fd = common::recv_fd(sock.as_raw_fd()).expect("the child's uffd");
     let uffd = userfaultfd::Uffd::try_from(fd).unwrap();
     let src: Arc<dyn PageSource> = Arc::new(MemorySource::new(image(pages, page)));
@@ -157,7 +145,7 @@ fn a_forked_child_is_served_through_on_fork() {
             return;
         }
     };
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let m = anon(pages);
     let src: Arc<dyn PageSource> = Arc::new(MemorySource::new(image(pages, page)));
     let children: Arc<Mutex<Vec<Server>>> = Arc::new(Mutex::new(Vec::new()));
     let (addr, len) = (m.as_ptr() as usize, pages * page);

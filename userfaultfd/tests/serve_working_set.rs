@@ -4,11 +4,8 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::ps;
-use common::serving::{byte_of, image_region, user_uffd};
-use mmap::MemoryMapping;
+use common::serving::{anon, byte_of, image_region, user_uffd};
 use userfaultfd::serve::{ServeError, ServerBuilder, DEFAULT_PREFETCH};
 
 #[test]
@@ -22,7 +19,7 @@ fn a_recorded_working_set_replays_before_the_workload_touches_it() {
         .map(|i| ((i * 17) % 32) * per_chunk + (i * 5) % per_chunk)
         .collect();
     let run = |replay: Option<WorkingSet>| {
-        let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+        let m = anon(pages);
         let mut b = ServerBuilder::new()
             .region(image_region(&m, pages, page))
             .background_threads(0)
@@ -79,7 +76,7 @@ fn an_exact_recording_replays_just_the_touched_pages() {
     distinct.dedup();
 
     // The recording run: only the faulting pages are served until finish_recording.
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let m = anon(pages);
     let server = ServerBuilder::new()
         .region(image_region(&m, pages, page))
         .exact_recording(true)
@@ -124,7 +121,7 @@ fn an_exact_recording_replays_just_the_touched_pages() {
     ws.write_to(&mut file).unwrap();
     let loaded = WorkingSet::read_from(&file[..]).unwrap();
     assert!(loaded.is_exact());
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
+    let m = anon(pages);
     let server = ServerBuilder::new()
         .region(image_region(&m, pages, page))
         .background_threads(0)
@@ -147,7 +144,7 @@ fn an_exact_recording_replays_just_the_touched_pages() {
 fn exact_recording_with_replay_or_no_replay_thread_is_refused() {
     use userfaultfd::serve::WorkingSet;
     let page = ps();
-    let m = Arc::new(MemoryMapping::new_private(4 * page).unwrap());
+    let m = anon(4);
     let ws = WorkingSet::from_entries(vec![(0, 0)]);
     for (what, b) in [
         (
@@ -176,7 +173,7 @@ fn exact_recording_with_replay_or_no_replay_thread_is_refused() {
 fn a_working_set_naming_other_pages_is_refused() {
     use userfaultfd::serve::WorkingSet;
     let page = ps();
-    let m = Arc::new(MemoryMapping::new_private(4 * page).unwrap());
+    let m = anon(4);
     for entries in [vec![(1u32, 0u64)], vec![(0, 4 * page as u64)], vec![(0, 1)]] {
         let r = ServerBuilder::new()
             .region(image_region(&m, 4, page))

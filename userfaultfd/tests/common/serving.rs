@@ -9,9 +9,9 @@ use std::thread;
 
 use mmap::MemoryMapping;
 use userfaultfd::serve::{DirtyRange, MemorySource, PageSource, Region};
-use userfaultfd::UffdBuilder;
+use userfaultfd::{FeatureFlags, UffdBuilder};
 
-use super::TIMEOUT;
+use super::{ps, TIMEOUT};
 
 /// Page `n` of an image holds the byte `(n * 7 + 3) as u8` (zero every eighth page).
 pub fn byte_of(page: usize) -> u8 {
@@ -35,6 +35,16 @@ pub fn image_region(m: &Arc<MemoryMapping>, pages: usize, page: usize) -> Region
 /// A userfaultfd for user-mode faults (needs no privilege).
 pub fn user_uffd() -> userfaultfd::Uffd {
     UffdBuilder::new().user_mode_only(true).create().unwrap()
+}
+
+/// A userfaultfd for user-mode faults that reports `features` (events the kernel has had since
+/// 4.11: `EVENT_REMOVE`, `EVENT_UNMAP`, ...).
+pub fn user_uffd_with(features: FeatureFlags) -> userfaultfd::Uffd {
+    UffdBuilder::new()
+        .user_mode_only(true)
+        .require_features(features)
+        .create()
+        .unwrap()
 }
 
 /// Checks three bytes of every page of `m` against [`byte_of`].
@@ -76,6 +86,11 @@ pub fn touch_all_from(m: &Arc<MemoryMapping>, page: usize, threads: usize, shift
         rx.recv_timeout(TIMEOUT)
             .expect("a touching thread is stuck");
     }
+}
+
+/// A private anonymous mapping of `pages` base pages.
+pub fn anon(pages: usize) -> Arc<MemoryMapping> {
+    Arc::new(MemoryMapping::new_private(pages * ps()).unwrap())
 }
 
 /// A private mapping of `pages` 2 MiB huge pages, for the hugetlb serve tests. `None` (after

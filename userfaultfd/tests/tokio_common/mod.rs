@@ -13,13 +13,9 @@ use crate::common::ps;
 
 #[allow(unused_imports)] // each tokio test uses some of them
 pub use crate::common::serving::{
-    byte_of, hugetlb_mapping, image, touch_all, touch_all_from, user_uffd, verify,
+    anon, byte_of, hugetlb_mapping, image, touch_all, touch_all_from, user_uffd, user_uffd_with,
+    verify,
 };
-
-/// A private anonymous mapping of `pages` base pages.
-pub fn anon(pages: usize) -> Arc<MemoryMapping> {
-    Arc::new(MemoryMapping::new_private(pages * ps()).unwrap())
-}
 
 /// A thread reading byte 0 of page `p` of `m`; its result arrives on the channel.
 pub fn touch(m: &Arc<MemoryMapping>, p: usize) -> mpsc::Receiver<u8> {
