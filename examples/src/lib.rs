@@ -9,6 +9,7 @@ pub use test_kit::exit::{EXIT_FAILURE, EXIT_USAGE};
 pub use test_kit::mapping::no_huge_pages;
 pub use test_kit::page_size;
 pub use test_kit::pattern::write_pattern_file;
+pub use test_kit::peer::peer_pid;
 pub use test_kit::rng::Rng;
 pub use test_kit::temp::TempFile;
 pub use test_kit::wait::{wait_readable, StopSignal, Wait};

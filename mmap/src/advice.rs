@@ -23,7 +23,7 @@ impl MemoryMapping {
         // SAFETY: the range lies inside the mapping this value owns (checked); see above.
         let ret = unsafe { libc::madvise(self.addr.add(offset).cast(), count, advice) };
         if ret == -1 {
-            return Err(Error::last_os(op));
+            return Err(Error::last_os_on(op, self.addr.wrapping_add(offset), count));
         }
         Ok(())
     }
@@ -37,7 +37,7 @@ impl MemoryMapping {
     ///
     /// # Errors
     ///
-    /// [`Error::Syscall`] (`op: "madvise(MADV_DONTFORK)"`) with madvise's errno.
+    /// [`Error::Os`] (`op: "madvise(MADV_DONTFORK)"`) with madvise's errno.
     ///
     /// # Example
     ///
@@ -70,7 +70,7 @@ impl MemoryMapping {
     ///
     /// # Errors
     ///
-    /// [`Error::Syscall`] (`op: "madvise(MADV_HUGEPAGE)"`) with madvise's errno.
+    /// [`Error::Os`] (`op: "madvise(MADV_HUGEPAGE)"`) with madvise's errno.
     ///
     /// # Example
     ///
@@ -116,7 +116,7 @@ impl MemoryMapping {
     ///
     /// # Errors
     ///
-    /// [`Error::Syscall`] (`op: "madvise(MADV_NOHUGEPAGE)"`) with madvise's errno.
+    /// [`Error::Os`] (`op: "madvise(MADV_NOHUGEPAGE)"`) with madvise's errno.
     ///
     /// # Example
     ///
@@ -144,7 +144,7 @@ impl MemoryMapping {
     ///
     /// # Errors
     ///
-    /// [`Error::Syscall`] (`op: "msync"`) with msync's errno, e.g. `EIO`.
+    /// [`Error::Os`] (`op: "msync"`) with msync's errno, e.g. `EIO`.
     ///
     /// # Example
     ///
@@ -171,7 +171,7 @@ impl MemoryMapping {
     ///
     /// - [`Error::InvalidRange`] if the range is not inside the mapping;
     /// - [`Error::UnalignedOffset`] if `offset` is not a multiple of [`page_size`](Self::page_size);
-    /// - [`Error::Syscall`] (`op: "madvise(MADV_REMOVE)"`): `EINVAL` for a
+    /// - [`Error::Os`] (`op: "madvise(MADV_REMOVE)"`): `EINVAL` for a
     ///   private mapping, `EOPNOTSUPP` for a file system without hole punching,
     ///   `EACCES` for a mapping of a file opened read-only (a mapping that is
     ///   merely `PROT_READ` but could be made writable is accepted).
@@ -203,7 +203,7 @@ impl MemoryMapping {
     ///
     /// - [`Error::InvalidRange`], [`Error::UnalignedOffset`] as for
     ///   [`remove_range`](Self::remove_range);
-    /// - [`Error::Syscall`] (`op: "madvise(MADV_WILLNEED)"`), e.g. `EBADF` if
+    /// - [`Error::Os`] (`op: "madvise(MADV_WILLNEED)"`), e.g. `EBADF` if
     ///   the mapped file is not readable.
     ///
     /// # Example
@@ -245,7 +245,7 @@ impl MemoryMapping {
     ///
     /// - [`Error::InvalidRange`], [`Error::UnalignedOffset`] as for
     ///   [`remove_range`](Self::remove_range);
-    /// - [`Error::Syscall`] (`op: "madvise(MADV_DONTNEED)"`), e.g. `EINVAL` on
+    /// - [`Error::Os`] (`op: "madvise(MADV_DONTNEED)"`), e.g. `EINVAL` on
     ///   locked pages.
     ///
     /// # Example
@@ -285,7 +285,7 @@ impl MemoryMapping {
     ///
     /// - [`Error::InvalidRange`], [`Error::UnalignedOffset`] as for
     ///   [`remove_range`](Self::remove_range);
-    /// - [`Error::Syscall`] (`op: "mlock2(MLOCK_ONFAULT)"`): `ENOMEM` or
+    /// - [`Error::Os`] (`op: "mlock2(MLOCK_ONFAULT)"`): `ENOMEM` or
     ///   `EPERM` over `RLIMIT_MEMLOCK`, `ENOSYS` before Linux 4.4.
     ///
     /// # Example
@@ -310,7 +310,7 @@ impl MemoryMapping {
             )
         };
         if ret == -1 {
-            return Err(Error::last_os(OP));
+            return Err(Error::last_os_on(OP, self.addr.wrapping_add(offset), count));
         }
         Ok(())
     }
@@ -323,7 +323,7 @@ impl MemoryMapping {
     ///
     /// - [`Error::InvalidRange`], [`Error::UnalignedOffset`] as for
     ///   [`remove_range`](Self::remove_range);
-    /// - [`Error::Syscall`] (`op: "munlock"`) with munlock's errno.
+    /// - [`Error::Os`] (`op: "munlock"`) with munlock's errno.
     ///
     /// # Example
     ///
@@ -333,7 +333,11 @@ impl MemoryMapping {
         // SAFETY: the range lies inside the owned mapping (checked).
         let ret = unsafe { libc::munlock(self.addr.add(offset).cast(), count) };
         if ret == -1 {
-            return Err(Error::last_os("munlock"));
+            return Err(Error::last_os_on(
+                "munlock",
+                self.addr.wrapping_add(offset),
+                count,
+            ));
         }
         Ok(())
     }
@@ -347,7 +351,7 @@ impl MemoryMapping {
     ///
     /// - [`Error::InvalidRange`], [`Error::UnalignedOffset`] as for
     ///   [`remove_range`](Self::remove_range);
-    /// - [`Error::Syscall`] (`op: "mprotect"`): `EACCES` for write access to a
+    /// - [`Error::Os`] (`op: "mprotect"`): `EACCES` for write access to a
     ///   shared mapping of a file opened read-only, `ENOMEM` if the change
     ///   would exceed `vm.max_map_count`.
     ///
@@ -369,7 +373,11 @@ impl MemoryMapping {
         // no references into the mapping exist whose validity could be broken.
         let ret = unsafe { libc::mprotect(self.addr.add(offset).cast(), count, prot.bits()) };
         if ret == -1 {
-            return Err(Error::last_os("mprotect"));
+            return Err(Error::last_os_on(
+                "mprotect",
+                self.addr.wrapping_add(offset),
+                count,
+            ));
         }
         Ok(())
     }

@@ -108,7 +108,7 @@ impl MemoryMappingArena {
     ///
     /// # Errors
     ///
-    /// [`Error::ZeroSize`], [`Error::SizeOverflow`] or [`Error::Syscall`]
+    /// [`Error::ZeroSize`], [`Error::SizeOverflow`] or [`Error::Os`]
     /// (`op: "mmap"`, `ENOMEM`), as [`MemoryMappingBuilder::build`].
     ///
     /// # Example
@@ -273,7 +273,7 @@ impl MemoryMappingArena {
     ///   then the start or end of the range, `align` the huge page size);
     /// - [`Error::InvalidRange`] if the range reaches past the end of the arena;
     /// - [`Error::LeakedRange`] if the range overlaps one the arena gave up;
-    /// - [`Error::Syscall`] (`op: "mmap"`) with mmap(2)'s errno. The old
+    /// - [`Error::Os`] (`op: "mmap"`) with mmap(2)'s errno. The old
     ///   contents of the range may already be gone then; the range is
     ///   inaccessible reservation again, or given up (see "Failed mappings"
     ///   on [`MemoryMappingArena`]).
@@ -349,7 +349,7 @@ impl MemoryMappingArena {
     ///   not a multiple of the file's huge page size;
     /// - [`Error::UnalignedOffset`] (`op: "mmap"`) for an `fd_offset` that is
     ///   not a multiple of the (huge) page size;
-    /// - [`Error::Syscall`] with `EBADF`, `EACCES`, `ENOMEM` (no free huge
+    /// - [`Error::Os`] with `EBADF`, `EACCES`, `ENOMEM` (no free huge
     ///   pages), ... as [`MemoryMapping::from_fd_offset_protection`]; these
     ///   leave the arena unchanged. `op: "fstatfs"` if fstatfs(2) fails on a
     ///   descriptor that mmap(2) accepts.
@@ -382,7 +382,7 @@ impl MemoryMappingArena {
     ///
     /// [`Error::ZeroSize`], [`Error::UnalignedOffset`], [`Error::InvalidRange`],
     /// [`Error::LeakedRange`] as [`add_anon_protection`](Self::add_anon_protection)
-    /// (`op: "remove"`); [`Error::Syscall`] (`op: "mmap"`) with mmap(2)'s
+    /// (`op: "remove"`); [`Error::Os`] (`op: "mmap"`) with mmap(2)'s
     /// errno, after which the range is reservation or given up as there.
     ///
     /// # Example
@@ -475,6 +475,7 @@ impl Drop for MemoryMappingArena {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{AddrRange, Errno};
 
     #[test]
     fn argument_checks() {
@@ -578,9 +579,10 @@ mod tests {
         let err = a.place(0, HUGE, Some(HUGE), fd_builder(&file, HUGE));
         assert_eq!(
             err.unwrap_err(),
-            Error::Syscall {
+            Error::Os {
                 op: "mmap",
-                errno: libc::ENOMEM
+                errno: Errno::ENOMEM,
+                range: Some(AddrRange::new(a.addr as usize, HUGE))
             }
         );
         match perms_at(a.addr).as_deref() {
@@ -597,7 +599,7 @@ mod tests {
         }
         // Either way nobody else can map there now.
         let other = MemoryMappingBuilder::new(HUGE).build_fixed_noreplace(a.addr);
-        assert_eq!(other.unwrap_err().errno(), Some(libc::EEXIST));
+        assert_eq!(other.unwrap_err().errno(), Some(Errno::EEXIST));
     }
 
     #[test]
@@ -625,7 +627,7 @@ mod tests {
             })))
         });
         let err = a.place(0, HUGE, Some(HUGE), fd_builder(&file, HUGE));
-        assert_eq!(err.unwrap_err().errno(), Some(libc::ENOMEM));
+        assert_eq!(err.unwrap_err().errno(), Some(Errno::ENOMEM));
         let Some(theirs) = slot.borrow_mut().take() else {
             eprintln!(
                 "SKIPPED a_gap_someone_else_mapped_into_is_given_up: the kernel left the \

@@ -6,7 +6,9 @@ use std::ptr;
 
 use crate::range::{pagesize, round_up};
 use crate::raw::{hugetlbfs_page_size, map_aligned, raw_mmap, MAP_FIXED_NOREPLACE};
-use crate::{Error, HugePageSize, MemoryMapping, Protection, Result, SharedMemory};
+use crate::{
+    AddrRange, Errno, Error, HugePageSize, MemoryMapping, Protection, Result, SharedMemory,
+};
 
 /// Builder for a [`MemoryMapping`] with any combination of options.
 ///
@@ -35,7 +37,7 @@ use crate::{Error, HugePageSize, MemoryMapping, Protection, Result, SharedMemory
 /// if HugePageSize::Size2MiB.free_pages().unwrap_or(0) > 0 {
 ///     match MemoryMappingBuilder::new(1).private().hugetlb(HugePageSize::Size2MiB).build() {
 ///         Ok(h) => assert_eq!(h.size(), 2 << 20), // rounded up to the huge page size
-///         Err(e) => assert_eq!(e.errno(), Some(libc::ENOMEM)), // the pool emptied meanwhile
+///         Err(e) => assert_eq!(e.errno(), Some(mmap::Errno::ENOMEM)), // the pool emptied meanwhile
 ///     }
 /// }
 /// # Ok::<(), mmap::Error>(())
@@ -173,7 +175,7 @@ impl<'a> MemoryMappingBuilder<'a> {
     /// - [`Error::OffsetOverflow`] if the file offset does not fit in `off_t`;
     /// - [`Error::Unsupported`] for [`HugePageSize::Default`] on a kernel
     ///   without hugetlb;
-    /// - [`Error::Syscall`] with mmap(2)'s errno: `EBADF` (closed descriptor),
+    /// - [`Error::Os`] with mmap(2)'s errno: `EBADF` (closed descriptor),
     ///   `EACCES` (file not open for reading, or for writing with a shared
     ///   writable mapping), `EPERM` (writable shared mapping of a memfd with
     ///   `F_SEAL_WRITE`), `ENOMEM` (no address space, or no free hugetlb
@@ -206,7 +208,7 @@ impl<'a> MemoryMappingBuilder<'a> {
     /// As [`build`](Self::build), plus [`Error::UnalignedAddress`] if `addr` is
     /// not a multiple of the page size (huge page size, `align`).
     ///
-    /// After an [`Error::Syscall`] the range may have been *unmapped*: the
+    /// After an [`Error::Os`] the range may have been *unmapped*: the
     /// kernel clears it before calling the file system's mmap handler, which
     /// can still fail (hugetlbfs with no free huge pages: `ENOMEM`), and
     /// `MADV_DONTDUMP` failing unmaps the new mapping. Another thread's
@@ -225,7 +227,7 @@ impl<'a> MemoryMappingBuilder<'a> {
     ///
     /// # Errors
     ///
-    /// As [`build_fixed`](Self::build_fixed), plus [`Error::Syscall`] with
+    /// As [`build_fixed`](Self::build_fixed), plus [`Error::Os`] with
     /// `EEXIST` if part of the range is already mapped (also on kernels before
     /// 4.17, which treat the address as a hint: a mapping placed elsewhere is
     /// unmapped again).
@@ -237,7 +239,7 @@ impl<'a> MemoryMappingBuilder<'a> {
     ///
     /// let a = MemoryMappingBuilder::new(4096).build()?;
     /// let err = MemoryMappingBuilder::new(4096).build_fixed_noreplace(a.as_ptr()).unwrap_err();
-    /// assert_eq!(err.errno(), Some(libc::EEXIST));
+    /// assert_eq!(err.errno(), Some(mmap::Errno::EEXIST));
     /// # Ok::<(), mmap::Error>(())
     /// ```
     pub fn build_fixed_noreplace(self, addr: *mut u8) -> Result<MemoryMapping> {
@@ -341,9 +343,10 @@ impl<'a> MemoryMappingBuilder<'a> {
                     // A kernel older than 4.17 took the address as a hint.
                     // SAFETY: `got` is the fresh mapping of `map_len` bytes made just above.
                     unsafe { libc::munmap(got.cast(), map_len) };
-                    return Err(Error::Syscall {
+                    return Err(Error::Os {
                         op: OP,
-                        errno: libc::EEXIST,
+                        errno: Errno::EEXIST,
+                        range: Some(AddrRange::new(addr as usize, map_len)),
                     });
                 }
                 got
@@ -361,7 +364,7 @@ impl<'a> MemoryMappingBuilder<'a> {
         // SAFETY: `addr..addr + map_len` is the mapping just created and owned here.
         let ret = unsafe { libc::madvise(addr.cast(), map_len, libc::MADV_DONTDUMP) };
         if ret == -1 {
-            let err = Error::last_os("madvise(MADV_DONTDUMP)");
+            let err = Error::last_os_on("madvise(MADV_DONTDUMP)", addr, map_len);
             // SAFETY: unmapping the mapping created above, which nothing else uses.
             unsafe { libc::munmap(addr.cast(), map_len) };
             return Err(err);

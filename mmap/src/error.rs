@@ -1,15 +1,55 @@
-//! The crate's error type.
+//! The crate's error type, and the address range its system call errors report.
 
+use std::fmt;
 use std::io;
+
+use nix::errno::Errno;
+
+/// An address range a system call was given, as [`Error::Os`] reports it: `start` and `len`
+/// bytes. Displays as `0xSTART..0xEND`.
+///
+/// `userfaultfd` re-exports this type (`userfaultfd::AddrRange`) for its own errors, so both
+/// crates report ranges alike.
+///
+/// ```
+/// assert_eq!(mmap::AddrRange::new(0x1000, 0x2000).to_string(), "0x1000..0x3000");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddrRange {
+    /// First address.
+    pub start: usize,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+impl AddrRange {
+    /// `start..start + len`.
+    pub const fn new(start: usize, len: usize) -> AddrRange {
+        AddrRange { start, len }
+    }
+}
+
+impl fmt::Display for AddrRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:#x}..{:#x}",
+            self.start,
+            self.start.wrapping_add(self.len)
+        )
+    }
+}
 
 /// Errors returned by this crate.
 ///
 /// Every variant names the operation (`op`) that failed:
 ///
-/// - errors the kernel reported are [`Error::Syscall`]; `op` is the system
+/// - errors the kernel reported are [`Error::Os`]; `op` is the system
 ///   call (with its flag where that says more), e.g. `"mmap"`,
 ///   `"madvise(MADV_REMOVE)"`, `"mlock2(MLOCK_ONFAULT)"`, `"fcntl(F_ADD_SEALS)"`,
-///   and [`Error::errno`] gives the errno;
+///   `errno` is what the kernel returned ([`Error::errno`] gives it for any variant), and
+///   `range` the addresses the call was given, if it was given any (the same convention as
+///   `userfaultfd::Error::Os`);
 /// - the other variants are argument checks done by this crate before any
 ///   system call, so nothing changed when they are returned; `op` is the
 ///   method that refused (`"remove_range"`, `"read_obj"`, `"add_anon"`, ...)
@@ -108,13 +148,21 @@ pub enum Error {
         align: u64,
     },
 
-    /// A system call failed; `errno` is what the kernel returned.
-    #[error("{op} failed: {}", io::Error::from_raw_os_error(*errno))]
-    Syscall {
+    /// A system call failed; `errno` is what the kernel returned. The message names the call,
+    /// the range it was given and the errno:
+    /// `madvise(MADV_REMOVE) on 0x7f0000000000..0x7f0000001000 failed: EINVAL: Invalid argument`.
+    #[error("{op}{on} failed: {errno}",
+            on = range.map_or(String::new(), |r| format!(" on {r}")))]
+    Os {
         /// The system call (and flag) that failed, e.g. `"madvise(MADV_REMOVE)"`.
         op: &'static str,
-        /// The errno, e.g. [`libc::EINVAL`].
-        errno: i32,
+        /// The errno, e.g. [`Errno::EINVAL`].
+        errno: Errno,
+        /// The addresses the call was given: the range for madvise(2), msync(2), mlock2(2),
+        /// munlock(2), mprotect(2), munmap(2), and mmap(2) at a fixed address or with an
+        /// address hint; `None` for calls on a descriptor (memfd_create(2), ftruncate(2),
+        /// fstat(2), fcntl(2), ...) and for mmap(2) where the kernel picks the address.
+        range: Option<AddrRange>,
     },
 
     /// An address that is not a multiple of the required alignment.
@@ -201,10 +249,11 @@ impl std::fmt::Debug for Error {
                 .field("size", size)
                 .field("align", align)
                 .finish(),
-            Error::Syscall { op, errno } => f
-                .debug_struct("Syscall")
+            Error::Os { op, errno, range } => f
+                .debug_struct("Os")
                 .field("op", op)
                 .field("errno", errno)
+                .field("range", range)
                 .finish(),
             Error::UnalignedAddress { op, addr, align } => f
                 .debug_struct("UnalignedAddress")
@@ -226,21 +275,36 @@ impl std::fmt::Debug for Error {
 }
 
 impl Error {
-    /// The errno the kernel returned, for [`Error::Syscall`]; `None` for the
+    /// The errno the kernel returned, for [`Error::Os`]; `None` for the
     /// errors this crate detects itself before making a system call.
     ///
     /// # Example
     ///
     /// ```
+    /// use mmap::{AddrRange, Errno, Error};
+    ///
     /// let m = mmap::MemoryMapping::new_private(4096)?;
     /// // MADV_REMOVE needs shared (shmem, hugetlbfs, ...) memory.
     /// let err = m.remove_range(0, 4096).unwrap_err();
-    /// assert_eq!(err.errno(), Some(libc::EINVAL));
+    /// assert_eq!(err.errno(), Some(Errno::EINVAL));
+    /// let at = AddrRange::new(m.as_ptr() as usize, 4096);
+    /// assert_eq!(
+    ///     err,
+    ///     Error::Os { op: "madvise(MADV_REMOVE)", errno: Errno::EINVAL, range: Some(at) }
+    /// );
     /// # Ok::<(), mmap::Error>(())
     /// ```
-    pub fn errno(&self) -> Option<i32> {
+    pub fn errno(&self) -> Option<Errno> {
         match self {
-            Error::Syscall { errno, .. } => Some(*errno),
+            Error::Os { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+
+    /// The address range of an [`Error::Os`] whose call was given one; `None` otherwise.
+    pub fn range(&self) -> Option<AddrRange> {
+        match self {
+            Error::Os { range, .. } => *range,
             _ => None,
         }
     }
@@ -254,7 +318,7 @@ impl Error {
             | Error::LeakedRange { op, .. }
             | Error::OffsetOverflow { op, .. }
             | Error::SizeOverflow { op, .. }
-            | Error::Syscall { op, .. }
+            | Error::Os { op, .. }
             | Error::UnalignedAddress { op, .. }
             | Error::UnalignedOffset { op, .. }
             | Error::Unsupported { op }
@@ -262,21 +326,32 @@ impl Error {
         }
     }
 
-    /// Builds [`Error::Syscall`] from the calling thread's current `errno`.
+    /// Builds [`Error::Os`], with no range, from the calling thread's current `errno`.
     pub(crate) fn last_os(op: &'static str) -> Self {
-        Error::Syscall {
+        Error::Os {
             op,
-            errno: io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            errno: Errno::last(),
+            range: None,
+        }
+    }
+
+    /// Builds [`Error::Os`] for a call on `addr..addr + len` from the calling thread's
+    /// current `errno`.
+    pub(crate) fn last_os_on(op: &'static str, addr: *const u8, len: usize) -> Self {
+        Error::Os {
+            op,
+            errno: Errno::last(),
+            range: Some(AddrRange::new(addr as usize, len)),
         }
     }
 }
 
 impl From<Error> for io::Error {
-    /// [`Error::Syscall`] becomes the OS error with the same errno; every other
+    /// [`Error::Os`] becomes the OS error with the same errno; every other
     /// variant becomes [`io::ErrorKind::InvalidInput`] carrying the `Error`.
     fn from(e: Error) -> io::Error {
         match e {
-            Error::Syscall { errno, .. } => io::Error::from_raw_os_error(errno),
+            Error::Os { errno, .. } => io::Error::from_raw_os_error(errno as i32),
             other => io::Error::new(io::ErrorKind::InvalidInput, other),
         }
     }
@@ -290,29 +365,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn syscall_display_names_op_and_errno() {
-        let e = Error::Syscall {
+    fn os_display_names_op_range_and_errno() {
+        let e = Error::Os {
             op: "madvise(MADV_REMOVE)",
-            errno: libc::EINVAL,
+            errno: Errno::EINVAL,
+            range: Some(AddrRange::new(0x10000, 0x2000)),
         };
-        let s = e.to_string();
-        assert!(s.starts_with("madvise(MADV_REMOVE) failed: "), "{s}");
-        assert!(s.contains("os error 22"), "{s}");
-        assert_eq!(e.errno(), Some(libc::EINVAL));
+        assert_eq!(
+            e.to_string(),
+            "madvise(MADV_REMOVE) on 0x10000..0x12000 failed: EINVAL: Invalid argument"
+        );
+        assert_eq!(e.errno(), Some(Errno::EINVAL));
+        assert_eq!(e.range(), Some(AddrRange::new(0x10000, 0x2000)));
         assert_eq!(e.op(), "madvise(MADV_REMOVE)");
+        // A call on a descriptor has no range.
+        let s = Error::Os {
+            op: "ftruncate",
+            errno: Errno::EPERM,
+            range: None,
+        }
+        .to_string();
+        assert_eq!(s, "ftruncate failed: EPERM: Operation not permitted");
         let io: io::Error = e.into();
         assert_eq!(io.raw_os_error(), Some(libc::EINVAL));
     }
 
     #[test]
     fn debug_keeps_the_variant_and_adds_the_message() {
-        let e = Error::Syscall {
+        let e = Error::Os {
             op: "mmap",
-            errno: libc::ENOMEM,
+            errno: Errno::ENOMEM,
+            range: None,
         };
         let d = format!("{e:?}");
         assert!(
-            d.starts_with("Syscall { op: \"mmap\", errno: 12 }: mmap failed: "),
+            d.starts_with("Os { op: \"mmap\", errno: ENOMEM, range: None }: mmap failed: ENOMEM"),
             "{d}"
         );
         assert!(d.ends_with(&e.to_string()), "{d}");
@@ -343,6 +430,7 @@ mod tests {
             size: 3,
         };
         assert_eq!(e.errno(), None);
+        assert_eq!(e.range(), None);
         assert_eq!(e.op(), "msync");
         assert_eq!(
             e.to_string(),

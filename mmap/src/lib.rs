@@ -116,6 +116,19 @@
 //! - `SharedMemory` does not probe `MFD_NOEXEC_SEAL` (Linux 6.3); with
 //!   `vm.memfd_noexec = 2` memfd_create(2) fails with `EACCES`.
 //!
+//! # Dependencies in the public API
+//!
+//! One type of another crate appears in this crate's public API: `nix`'s `Errno`, the errno
+//! of [`Error::Os`]. It is re-exported as [`mmap::Errno`](Errno); name it through this crate.
+//! A new major version of `nix` changes that type, so upgrading `nix` to one is a new major
+//! version of this crate (`userfaultfd` follows the same policy, with the same `nix`).
+//!
+//! ```
+//! let err = mmap::MemoryMapping::new_private(4096)?.remove_range(0, 4096).unwrap_err();
+//! assert_eq!(err.errno(), Some(mmap::Errno::EINVAL));
+//! # Ok::<(), mmap::Error>(())
+//! ```
+//!
 //! Linux only.
 
 mod access;
@@ -139,7 +152,7 @@ mod test_hugetlbfs;
 
 pub use arena::MemoryMappingArena;
 pub use builder::MemoryMappingBuilder;
-pub use error::{Error, Result};
+pub use error::{AddrRange, Error, Result};
 pub use huge::{thp_pmd_size, HugePageAdvice, HugePageSize};
 pub use mapping::MemoryMapping;
 pub use pod::DataInit;
@@ -148,3 +161,8 @@ pub use range::pagesize;
 pub use region::MappedRegion;
 pub use shm::{MemfdSeals, SharedMemory};
 pub use volatile::VolatileSlice;
+
+/// The errno type of [`Error::Os`], re-exported from `nix` so that users name it as
+/// `mmap::Errno` and need no `nix` dependency of their own (see "Dependencies in the public
+/// API" in the crate docs).
+pub use nix::errno::Errno;

@@ -72,7 +72,7 @@ impl MemoryMapping {
     ///
     /// # Errors
     ///
-    /// [`Error::ZeroSize`], [`Error::SizeOverflow`], or [`Error::Syscall`]
+    /// [`Error::ZeroSize`], [`Error::SizeOverflow`], or [`Error::Os`]
     /// (`ENOMEM`) as for [`MemoryMappingBuilder::build`].
     ///
     /// # Example
@@ -216,7 +216,7 @@ impl MemoryMapping {
     /// # Errors
     ///
     /// As [`MemoryMappingBuilder::build`]: [`Error::UnalignedOffset`] for an
-    /// offset that is not page aligned, [`Error::Syscall`] with `EBADF` for a
+    /// offset that is not page aligned, [`Error::Os`] with `EBADF` for a
     /// closed descriptor, `EACCES` for a descriptor opened with the wrong
     /// mode, `EPERM` for a writable view of a write-sealed memfd, ...
     ///

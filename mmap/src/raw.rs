@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr;
 
 use crate::range::pagesize;
-use crate::{Error, Result};
+use crate::{AddrRange, Errno, Error, Result};
 
 /// `MAP_FIXED_NOREPLACE` (Linux 4.17), the same value on every architecture
 /// except alpha, which this crate does not support.
@@ -21,7 +21,7 @@ const HUGETLBFS_MAGIC: u32 = 0x9584_58f6;
 ///
 /// # Errors
 ///
-/// [`Error::Syscall`] (`op: "fstatfs"`) with fstatfs's errno, e.g. `EBADF`.
+/// [`Error::Os`] (`op: "fstatfs"`) with fstatfs's errno, e.g. `EBADF`.
 pub(crate) fn fd_page_size(fd: BorrowedFd<'_>) -> Result<usize> {
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: `st` is writable memory for one `struct statfs`; fstatfs only
@@ -47,7 +47,8 @@ pub(crate) fn hugetlbfs_page_size(fd: BorrowedFd<'_>) -> Option<usize> {
     fd_page_size(fd).ok().filter(|&p| p > pagesize())
 }
 
-/// mmap(2), with `MAP_FAILED` turned into [`Error::Syscall`].
+/// mmap(2), with `MAP_FAILED` turned into [`Error::Os`] (with the range if an address was
+/// given).
 ///
 /// # Safety
 ///
@@ -66,7 +67,11 @@ pub(crate) unsafe fn raw_mmap(
     // (MAP_FIXED_NOREPLACE fails instead of replacing).
     let p = unsafe { libc::mmap(addr.cast(), len, prot, flags, fd, offset) };
     if p == libc::MAP_FAILED {
-        return Err(Error::last_os(op));
+        return Err(if addr.is_null() {
+            Error::last_os(op)
+        } else {
+            Error::last_os_on(op, addr, len)
+        });
     }
     Ok(p.cast())
 }
@@ -90,9 +95,10 @@ fn mmap_noreplace(
     if got != addr {
         // SAFETY: `got` is the fresh mapping of `len` bytes made just above.
         unsafe { libc::munmap(got.cast(), len) };
-        return Err(Error::Syscall {
+        return Err(Error::Os {
             op,
-            errno: libc::EEXIST,
+            errno: Errno::EEXIST,
+            range: Some(AddrRange::new(addr as usize, len)),
         });
     }
     Ok(())
@@ -163,7 +169,7 @@ pub(crate) fn map_aligned(
     let mut attempt = 1;
     loop {
         match map_aligned_once(op, map_len, align, total, prot, flags, fd, offset) {
-            Err(e) if e.errno() == Some(libc::EEXIST) && attempt < ALIGNED_ATTEMPTS => {
+            Err(e) if e.errno() == Some(Errno::EEXIST) && attempt < ALIGNED_ATTEMPTS => {
                 attempt += 1;
             }
             other => return other,
@@ -204,7 +210,7 @@ fn map_aligned_once(
     // SAFETY: the hole is part of the reservation made above, which this
     // function owns and nothing uses.
     if unsafe { libc::munmap(start as *mut libc::c_void, map_len) } == -1 {
-        let err = Error::last_os("munmap");
+        let err = Error::last_os_on("munmap", start as *const u8, map_len);
         // SAFETY: the whole reservation is still ours.
         unsafe { libc::munmap(reserve.cast(), total) };
         return Err(err);
@@ -216,13 +222,10 @@ fn map_aligned_once(
     let mapped = mmap_noreplace(op, start as *mut u8, map_len, prot, flags, fd, offset);
     // SAFETY: the head and tail are what is left of our own reservation; the
     // hole is not touched.
-    let trimmed = unsafe {
-        (head == 0 || libc::munmap(reserve.cast(), head) == 0)
-            && (tail == 0 || libc::munmap(end as *mut libc::c_void, tail) == 0)
-    };
+    let trimmed =
+        unsafe { unmap_part(reserve, head).and_then(|()| unmap_part(end as *mut u8, tail)) };
     mapped?;
-    if !trimmed {
-        let err = Error::last_os("munmap");
+    if let Err(err) = trimmed {
         // SAFETY: everything in `reserve..reserve + total` is ours (the mapping
         // made in the hole and what remains of the reservation); munmap of
         // holes is harmless.
@@ -230,6 +233,19 @@ fn map_aligned_once(
         return Err(err);
     }
     Ok(start as *mut u8)
+}
+
+/// munmap(2) of `addr..addr + len`, nothing if `len` is 0.
+///
+/// # Safety
+///
+/// The caller owns the range and nothing uses it.
+unsafe fn unmap_part(addr: *mut u8, len: usize) -> Result<()> {
+    // SAFETY: the caller owns the range.
+    if len != 0 && unsafe { libc::munmap(addr.cast(), len) } == -1 {
+        return Err(Error::last_os_on("munmap", addr, len));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -291,12 +307,17 @@ mod tests {
             .align(2 * huge as u64)
             .build()
             .unwrap_err();
-        assert_eq!(
-            err,
-            Error::Syscall {
-                op: "mmap",
-                errno: libc::ENOMEM
-            }
+        // The second attempt maps at the aligned address it chose, so the error has a range.
+        assert!(
+            matches!(
+                err,
+                Error::Os {
+                    op: "mmap",
+                    errno: Errno::ENOMEM,
+                    range: Some(r)
+                } if r.len == huge && r.start % (2 * huge) == 0
+            ),
+            "{err:?}"
         );
         let theirs = slot.borrow_mut().take().expect("the hook ran");
         assert_eq!(theirs.read_obj::<u16>(0).unwrap(), 0xfeed);

@@ -80,7 +80,7 @@ pub unsafe trait MappedRegion: Send + Sync {
     ///
     /// - [`Error::InvalidRange`] if the range is not inside the region;
     /// - [`Error::UnalignedOffset`] if `offset` is not a multiple of the page size;
-    /// - [`Error::Syscall`] (`op: "msync"`) with the kernel's errno, e.g.
+    /// - [`Error::Os`] (`op: "msync"`) with the kernel's errno, e.g.
     ///   `ENOMEM` if part of the range is not mapped (a hole in an arena),
     ///   `EIO` on a write-back error.
     ///
@@ -108,7 +108,11 @@ pub unsafe trait MappedRegion: Send + Sync {
             )
         };
         if ret == -1 {
-            return Err(Error::last_os("msync"));
+            return Err(Error::last_os_on(
+                "msync",
+                self.as_ptr().wrapping_add(offset),
+                size,
+            ));
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::{Error, HugePageSize, Result};
+use crate::{Errno, Error, HugePageSize, Result};
 
 const MFD_CLOEXEC: libc::c_uint = 0x1;
 const MFD_ALLOW_SEALING: libc::c_uint = 0x2;
@@ -21,7 +21,7 @@ bitflags::bitflags! {
     /// let mut shm = SharedMemory::new("sealed", 4096)?;
     /// shm.add_seals(MemfdSeals::GROW | MemfdSeals::SHRINK)?;
     /// assert!(shm.get_seals()?.contains(MemfdSeals::GROW));
-    /// assert_eq!(shm.set_size(8192).unwrap_err().errno(), Some(libc::EPERM));
+    /// assert_eq!(shm.set_size(8192).unwrap_err().errno(), Some(mmap::Errno::EPERM));
     /// # Ok::<(), mmap::Error>(())
     /// ```
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -81,10 +81,10 @@ impl SharedMemory {
     /// # Errors
     ///
     /// - [`Error::InvalidName`] if `name` contains a NUL byte;
-    /// - [`Error::Syscall`] (`op: "memfd_create"`): `EINVAL` if `name` is longer
+    /// - [`Error::Os`] (`op: "memfd_create"`): `EINVAL` if `name` is longer
     ///   than 249 bytes, `EMFILE`/`ENFILE` without free descriptors, `EACCES`
     ///   if `vm.memfd_noexec` is 2 (Linux 6.3: executable memfds forbidden);
-    /// - [`Error::Syscall`] (`op: "ftruncate"`) if the size cannot be set
+    /// - [`Error::Os`] (`op: "ftruncate"`) if the size cannot be set
     ///   (`EFBIG` above the file size limit).
     ///
     /// # Example
@@ -107,7 +107,7 @@ impl SharedMemory {
     ///
     /// # Errors
     ///
-    /// As [`new`](Self::new), plus [`Error::Syscall`]: `ENODEV` from
+    /// As [`new`](Self::new), plus [`Error::Os`]: `ENODEV` from
     /// memfd_create(2) for a huge page size the kernel has no pool (hugetlbfs
     /// mount) for, `EINVAL` from ftruncate if `size` is not a multiple of the
     /// huge page size.
@@ -121,7 +121,7 @@ impl SharedMemory {
     ///     let shm = SharedMemory::new_hugetlb("huge", 2 << 20, HugePageSize::Size2MiB)?;
     ///     let m = MemoryMapping::from_fd(&shm, 2 << 20);
     ///     // ENOMEM if other processes took the free pages meanwhile.
-    ///     assert!(m.is_ok() || m.unwrap_err().errno() == Some(libc::ENOMEM));
+    ///     assert!(m.is_ok() || m.unwrap_err().errno() == Some(mmap::Errno::ENOMEM));
     /// }
     /// # Ok::<(), mmap::Error>(())
     /// ```
@@ -155,7 +155,7 @@ impl SharedMemory {
     ///
     /// # Errors
     ///
-    /// [`Error::Syscall`] (`op: "fstat"`) with fstat's errno.
+    /// [`Error::Os`] (`op: "fstat"`) with fstat's errno.
     ///
     /// # Example
     ///
@@ -195,7 +195,7 @@ impl SharedMemory {
     /// # Errors
     ///
     /// [`Error::OffsetOverflow`] if `size` does not fit in `off_t`;
-    /// [`Error::Syscall`] (`op: "ftruncate"`): `EPERM` if a seal forbids the
+    /// [`Error::Os`] (`op: "ftruncate"`): `EPERM` if a seal forbids the
     /// change ([`MemfdSeals::GROW`], [`MemfdSeals::SHRINK`]), `EINVAL` on
     /// hugetlbfs for a size that is not a multiple of the huge page size.
     ///
@@ -225,7 +225,7 @@ impl SharedMemory {
     ///
     /// # Errors
     ///
-    /// [`Error::Syscall`] (`op: "fcntl(F_GET_SEALS)"`): `EINVAL` if the
+    /// [`Error::Os`] (`op: "fcntl(F_GET_SEALS)"`): `EINVAL` if the
     /// descriptor does not support sealing.
     ///
     /// # Example
@@ -249,7 +249,7 @@ impl SharedMemory {
     ///
     /// # Errors
     ///
-    /// [`Error::Syscall`] (`op: "fcntl(F_ADD_SEALS)"`): `EPERM` if
+    /// [`Error::Os`] (`op: "fcntl(F_ADD_SEALS)"`): `EPERM` if
     /// [`MemfdSeals::SEAL`] is set, `EBUSY` for [`MemfdSeals::WRITE`] while a
     /// writable shared mapping exists, `EINVAL` for seals the kernel does not
     /// know.
@@ -276,12 +276,13 @@ impl SharedMemory {
     ///
     /// # Errors
     ///
-    /// [`Error::Syscall`] (`op: "fcntl(F_DUPFD_CLOEXEC)"`): `EMFILE` without
+    /// [`Error::Os`] (`op: "fcntl(F_DUPFD_CLOEXEC)"`): `EMFILE` without
     /// free descriptors.
     pub fn try_clone(&self) -> Result<SharedMemory> {
-        let fd = self.fd.try_clone().map_err(|e| Error::Syscall {
+        let fd = self.fd.try_clone().map_err(|e| Error::Os {
             op: "fcntl(F_DUPFD_CLOEXEC)",
-            errno: e.raw_os_error().unwrap_or(0),
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            range: None,
         })?;
         Ok(SharedMemory {
             fd,
@@ -329,9 +330,10 @@ mod tests {
         let err = SharedMemory::new(&name, 0).unwrap_err();
         assert_eq!(
             err,
-            Error::Syscall {
+            Error::Os {
                 op: "memfd_create",
-                errno: libc::EINVAL
+                errno: Errno::EINVAL,
+                range: None
             }
         );
     }

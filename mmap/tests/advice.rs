@@ -8,6 +8,7 @@ mod common;
 use std::os::fd::AsRawFd;
 
 use common::{kpageflags, pattern, pread, pwrite, resident, vma_at, vmas_in, KPF_DIRTY};
+use mmap::{AddrRange, Errno};
 use mmap::{
     Error, HugePageAdvice, MappedRegion, MemoryMapping, MemoryMappingBuilder, Protection,
     SharedMemory,
@@ -223,13 +224,24 @@ fn remove_range_punches_a_hole_in_the_memfd() {
 
 #[test]
 fn remove_range_needs_shared_writable_memory() {
-    let private = MemoryMapping::new_private(ps()).unwrap();
+    let private = MemoryMapping::new_private(2 * ps()).unwrap();
+    // The error names the range the call was given.
+    let err = private.remove_range(ps(), ps()).unwrap_err();
     assert_eq!(
-        private.remove_range(0, ps()).unwrap_err(),
-        Error::Syscall {
+        err,
+        Error::Os {
             op: "madvise(MADV_REMOVE)",
-            errno: libc::EINVAL
+            errno: Errno::EINVAL,
+            range: Some(AddrRange::new(private.as_ptr() as usize + ps(), ps())),
         }
+    );
+    assert!(
+        err.to_string().starts_with(&format!(
+            "madvise(MADV_REMOVE) on {:#x}..{:#x} failed: EINVAL",
+            private.as_ptr() as usize + ps(),
+            private.as_ptr() as usize + 2 * ps()
+        )),
+        "{err}"
     );
     // A read-only *mapping* of shared anonymous memory may be made writable
     // again, so MADV_REMOVE is allowed on it; a mapping of a file opened
@@ -240,12 +252,10 @@ fn remove_range_needs_shared_writable_memory() {
     let ro_file = std::fs::File::open(format!("/proc/self/fd/{}", shm.as_raw_fd())).unwrap();
     let ro =
         MemoryMapping::from_fd_offset_protection(&ro_file, ps(), 0, Protection::read()).unwrap();
-    assert_eq!(
+    common::assert_os(
         ro.remove_range(0, ps()).unwrap_err(),
-        Error::Syscall {
-            op: "madvise(MADV_REMOVE)",
-            errno: libc::EACCES
-        }
+        "madvise(MADV_REMOVE)",
+        Errno::EACCES,
     );
 }
 
@@ -309,12 +319,10 @@ fn lock_on_fault_on_shared_memory() {
     m.lock_on_fault(0, 2 * ps()).unwrap();
     assert!(has_lf(&vma_at(m.as_ptr())));
     // DONTNEED refuses locked pages.
-    assert_eq!(
+    common::assert_os(
         m.drop_page_cache(0, ps()).unwrap_err(),
-        Error::Syscall {
-            op: "madvise(MADV_DONTNEED)",
-            errno: libc::EINVAL
-        }
+        "madvise(MADV_DONTNEED)",
+        Errno::EINVAL,
     );
     m.unlock(0, 2 * ps()).unwrap();
     m.drop_page_cache(0, ps()).unwrap();
@@ -414,13 +422,11 @@ fn set_protection_cannot_make_a_read_only_file_writable() {
     let shm = SharedMemory::new("ro", ps() as u64).unwrap();
     let ro = std::fs::File::open(format!("/proc/self/fd/{}", shm.as_raw_fd())).unwrap();
     let m = MemoryMapping::from_fd_offset_protection(&ro, ps(), 0, Protection::read()).unwrap();
-    assert_eq!(
+    common::assert_os(
         m.set_protection(0, ps(), Protection::read_write())
             .unwrap_err(),
-        Error::Syscall {
-            op: "mprotect",
-            errno: libc::EACCES
-        }
+        "mprotect",
+        Errno::EACCES,
     );
 }
 

@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use common::hugetlbfs::zero_size_hugetlbfs_file;
 use common::{closed_fd, pattern, pread, pwrite, vmas_in};
+use mmap::Errno;
 use mmap::{
     Error, HugePageSize, MappedRegion, MemoryMapping, MemoryMappingArena, MemoryMappingBuilder,
     Protection, SharedMemory, VolatileSlice,
@@ -260,12 +261,10 @@ fn bad_arguments_each_get_their_error() {
     );
     // SAFETY: the number is closed and owned by nobody; mmap(2) fails with EBADF.
     let closed = unsafe { BorrowedFd::borrow_raw(closed_fd()) };
-    assert_eq!(
+    common::assert_os(
         arena.add_fd(0, ps(), closed).unwrap_err(),
-        Error::Syscall {
-            op: "mmap",
-            errno: libc::EBADF
-        }
+        "mmap",
+        Errno::EBADF,
     );
     // The refused calls changed nothing.
     assert_eq!(layout(&arena), l(&[(0, 4, "---p")]));
@@ -326,7 +325,7 @@ fn arena_with_neighbour(size: usize) -> (MemoryMappingArena, MemoryMapping) {
         match MemoryMappingBuilder::new(ps()).build_fixed_noreplace(end) {
             Ok(neighbour) => return (arena, neighbour),
             // Another test's mapping is there; try elsewhere.
-            Err(e) if e.errno() == Some(libc::EEXIST) => continue,
+            Err(e) if e.errno() == Some(Errno::EEXIST) => continue,
             Err(e) => panic!("{e}"),
         }
     }
@@ -389,17 +388,15 @@ fn failed_hugetlbfs_mapping_leaves_the_range_to_the_arena() {
     arena.add_anon(0, HUGE).unwrap();
     view(&arena, 0, 4).copy_from(b"kept");
     // The file's huge pages cannot be reserved, as when the pool is empty.
-    assert_eq!(
+    common::assert_os(
         arena.add_fd(0, HUGE, &file).unwrap_err(),
-        Error::Syscall {
-            op: "mmap",
-            errno: libc::ENOMEM
-        }
+        "mmap",
+        Errno::ENOMEM,
     );
     // The range is still the arena's: no other mapping can be placed there
     // (which the arena's drop would then unmap)...
     let other = MemoryMappingBuilder::new(HUGE).build_fixed_noreplace(arena.as_ptr());
-    assert_eq!(other.unwrap_err().errno(), Some(libc::EEXIST));
+    assert_eq!(other.unwrap_err().errno(), Some(Errno::EEXIST));
     // ...and the old sub-mapping was not replaced at all.
     assert_eq!(read(&arena, 0, 4), b"kept");
     let pages = HUGE / ps();

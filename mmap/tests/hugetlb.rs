@@ -12,6 +12,7 @@ mod common;
 use std::fs;
 
 use common::{have_huge_pages, pread, vma_at, vmas_in};
+use mmap::Errno;
 use mmap::{
     Error, HugePageAdvice, HugePageSize, MappedRegion, MemoryMapping, MemoryMappingArena,
     MemoryMappingBuilder, Protection, Result, SharedMemory,
@@ -27,7 +28,7 @@ fn ps() -> usize {
 fn or_skip<T>(test: &str, r: Result<T>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
-        Err(e) if e.errno() == Some(libc::ENOMEM) => {
+        Err(e) if e.errno() == Some(Errno::ENOMEM) => {
             test_kit::report::skip(format!(
                 "the huge page pool ran out ({e}) (sysctl -w vm.nr_hugepages=128)"
             ));
@@ -150,24 +151,16 @@ fn hugetlb_memfd_offsets_are_huge_page_granular() {
         .hugetlb(HugePageSize::Size2MiB)
         .build()
         .unwrap_err();
-    assert_eq!(
-        err,
-        Error::Syscall {
-            op: "mmap",
-            errno: libc::EINVAL
-        }
-    );
+    common::assert_os(err, "mmap", Errno::EINVAL);
 }
 
 #[test]
 fn hugetlb_memfd_size_must_be_huge_page_aligned() {
     let mut shm = SharedMemory::new_hugetlb("huge-size", 0, HugePageSize::Size2MiB).unwrap();
-    assert_eq!(
+    common::assert_os(
         shm.set_size(HUGE as u64 + 4096).unwrap_err(),
-        Error::Syscall {
-            op: "ftruncate",
-            errno: libc::EINVAL
-        }
+        "ftruncate",
+        Errno::EINVAL,
     );
     // Without pages taken: sizing a hugetlb memfd reserves nothing yet.
     shm.set_size(HUGE as u64).unwrap();
@@ -216,23 +209,10 @@ fn unsupported_huge_page_size_is_einval() {
         .hugetlb(size)
         .build()
         .unwrap_err();
-    assert_eq!(
-        err,
-        Error::Syscall {
-            op: "mmap",
-            errno: libc::EINVAL
-        },
-        "{size:?}"
-    );
+    common::assert_os(err, "mmap", Errno::EINVAL);
     let err = SharedMemory::new_hugetlb("nosize", 0, size).unwrap_err();
     // memfd_create(2) reports a missing hugetlbfs mount for that size as ENODEV.
-    assert_eq!(
-        err,
-        Error::Syscall {
-            op: "memfd_create",
-            errno: libc::ENODEV
-        }
-    );
+    common::assert_os(err, "memfd_create", Errno::ENODEV);
 }
 
 #[test]
@@ -257,23 +237,11 @@ fn more_pages_than_the_pool_is_enomem() {
     let b = MemoryMappingBuilder::new(len)
         .private()
         .hugetlb(HugePageSize::Size2MiB);
-    assert_eq!(
-        b.build().unwrap_err(),
-        Error::Syscall {
-            op: "mmap",
-            errno: libc::ENOMEM
-        }
-    );
+    common::assert_os(b.build().unwrap_err(), "mmap", Errno::ENOMEM);
     let b = MemoryMappingBuilder::new(len)
         .shared()
         .hugetlb(HugePageSize::Size2MiB);
-    assert_eq!(
-        b.build().unwrap_err(),
-        Error::Syscall {
-            op: "mmap",
-            errno: libc::ENOMEM
-        }
-    );
+    common::assert_os(b.build().unwrap_err(), "mmap", Errno::ENOMEM);
 
     // With MAP_NORESERVE nothing is reserved, so the mapping is made (touching
     // more pages than the pool holds would then raise SIGBUS).
@@ -300,13 +268,7 @@ fn empty_pool_is_enomem() {
                 .hugetlb(HugePageSize::Size1GiB)
                 .build()
                 .unwrap_err();
-            assert_eq!(
-                err,
-                Error::Syscall {
-                    op: "mmap",
-                    errno: libc::ENOMEM
-                }
-            );
+            common::assert_os(err, "mmap", Errno::ENOMEM);
         }
         other => test_kit::report::skip(format!(
             "needs an empty 1 GiB huge page pool, (nr, overcommit) = {other:?} (write 0 to both \

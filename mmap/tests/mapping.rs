@@ -7,6 +7,7 @@ mod common;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use common::{closed_fd, pattern, pread, pwrite, resident, vma_at, vmas_in};
+use mmap::Errno;
 use mmap::{Error, MappedRegion, MemoryMapping, MemoryMappingBuilder, Protection, SharedMemory};
 
 fn ps() -> usize {
@@ -281,12 +282,10 @@ fn closed_descriptor_is_ebadf() {
     // SAFETY: `fd` is closed and owned by nobody; mmap(2) only looks the number
     // up and fails with EBADF, so no open file is affected.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    assert_eq!(
+    common::assert_os(
         MemoryMapping::from_fd(fd, ps()).unwrap_err(),
-        Error::Syscall {
-            op: "mmap",
-            errno: libc::EBADF
-        }
+        "mmap",
+        Errno::EBADF,
     );
 }
 
@@ -294,12 +293,10 @@ fn closed_descriptor_is_ebadf() {
 fn read_only_descriptor_cannot_be_mapped_shared_writable() {
     let shm = SharedMemory::new("ro", ps() as u64).unwrap();
     let ro = std::fs::File::open(format!("/proc/self/fd/{}", shm.as_raw_fd())).unwrap();
-    assert_eq!(
+    common::assert_os(
         MemoryMapping::from_fd(&ro, ps()).unwrap_err(),
-        Error::Syscall {
-            op: "mmap",
-            errno: libc::EACCES
-        }
+        "mmap",
+        Errno::EACCES,
     );
     let m = MemoryMapping::from_fd_offset_protection(&ro, ps(), 0, Protection::read()).unwrap();
     assert_eq!(vma_at(m.as_ptr()).perms, "r--s");
@@ -384,13 +381,7 @@ fn fixed_noreplace_refuses_to_clobber() {
     let err = MemoryMappingBuilder::new(ps())
         .build_fixed_noreplace(m.as_ptr().wrapping_add(ps()))
         .unwrap_err();
-    assert_eq!(
-        err,
-        Error::Syscall {
-            op: "mmap",
-            errno: libc::EEXIST
-        }
-    );
+    common::assert_os(err, "mmap", Errno::EEXIST);
     assert_eq!(m.read_obj::<u32>(ps()).unwrap(), 42);
 }
 

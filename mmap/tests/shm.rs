@@ -6,7 +6,8 @@ mod common;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use common::{pread, pwrite, vma_at};
-use mmap::{Error, MemfdSeals, MemoryMapping, MemoryMappingBuilder, Protection, SharedMemory};
+use mmap::Errno;
+use mmap::{MemfdSeals, MemoryMapping, MemoryMappingBuilder, Protection, SharedMemory};
 
 fn ps() -> usize {
     mmap::pagesize()
@@ -44,12 +45,10 @@ fn set_size_grows_and_shrinks() {
 fn grow_seal_makes_growing_eperm() {
     let mut shm = SharedMemory::new("grow", 2 * ps() as u64).unwrap();
     shm.add_seals(MemfdSeals::GROW).unwrap();
-    assert_eq!(
+    common::assert_os(
         shm.set_size(4 * ps() as u64).unwrap_err(),
-        Error::Syscall {
-            op: "ftruncate",
-            errno: libc::EPERM
-        }
+        "ftruncate",
+        Errno::EPERM,
     );
     assert_eq!(shm.size(), 2 * ps() as u64);
     shm.set_size(ps() as u64).unwrap(); // shrinking is still allowed
@@ -59,12 +58,10 @@ fn grow_seal_makes_growing_eperm() {
 fn shrink_seal_makes_shrinking_eperm() {
     let mut shm = SharedMemory::new("shrink", 2 * ps() as u64).unwrap();
     shm.add_seals(MemfdSeals::SHRINK).unwrap();
-    assert_eq!(
+    common::assert_os(
         shm.set_size(ps() as u64).unwrap_err(),
-        Error::Syscall {
-            op: "ftruncate",
-            errno: libc::EPERM
-        }
+        "ftruncate",
+        Errno::EPERM,
     );
     shm.set_size(4 * ps() as u64).unwrap();
 }
@@ -74,21 +71,17 @@ fn write_seal_needs_no_writable_mapping_and_then_forbids_one() {
     let shm = SharedMemory::new("write", ps() as u64).unwrap();
     let writable = MemoryMapping::from_fd(&shm, ps()).unwrap();
     writable.write_slice(b"final", 0).unwrap();
-    assert_eq!(
+    common::assert_os(
         shm.add_seals(MemfdSeals::WRITE).unwrap_err(),
-        Error::Syscall {
-            op: "fcntl(F_ADD_SEALS)",
-            errno: libc::EBUSY
-        }
+        "fcntl(F_ADD_SEALS)",
+        Errno::EBUSY,
     );
     drop(writable);
     shm.add_seals(MemfdSeals::WRITE).unwrap();
-    assert_eq!(
+    common::assert_os(
         MemoryMapping::from_fd(&shm, ps()).unwrap_err(),
-        Error::Syscall {
-            op: "mmap",
-            errno: libc::EPERM
-        }
+        "mmap",
+        Errno::EPERM,
     );
     let ro = MemoryMapping::from_fd_offset_protection(&shm, ps(), 0, Protection::read()).unwrap();
     assert_eq!(ro.read_obj::<[u8; 5]>(0).unwrap(), *b"final");
@@ -109,12 +102,10 @@ fn future_write_seal_keeps_existing_writable_mappings() {
     shm.add_seals(MemfdSeals::FUTURE_WRITE).unwrap();
     writable.write_slice(b"still", 0).unwrap();
     assert_eq!(pread(&shm, 0, 5), b"still");
-    assert_eq!(
+    common::assert_os(
         MemoryMapping::from_fd(&shm, ps()).unwrap_err(),
-        Error::Syscall {
-            op: "mmap",
-            errno: libc::EPERM
-        }
+        "mmap",
+        Errno::EPERM,
     );
 }
 
@@ -126,12 +117,10 @@ fn seal_seal_forbids_more_seals() {
         shm.get_seals().unwrap(),
         MemfdSeals::GROW | MemfdSeals::SEAL
     );
-    assert_eq!(
+    common::assert_os(
         shm.add_seals(MemfdSeals::SHRINK).unwrap_err(),
-        Error::Syscall {
-            op: "fcntl(F_ADD_SEALS)",
-            errno: libc::EPERM
-        }
+        "fcntl(F_ADD_SEALS)",
+        Errno::EPERM,
     );
 }
 
@@ -141,7 +130,7 @@ fn exec_seal_is_reported() {
     match shm.add_seals(MemfdSeals::EXEC) {
         Ok(()) => assert!(shm.get_seals().unwrap().contains(MemfdSeals::EXEC)),
         // Kernels before 6.3 do not know F_SEAL_EXEC.
-        Err(e) => assert_eq!(e.errno(), Some(libc::EINVAL)),
+        Err(e) => assert_eq!(e.errno(), Some(Errno::EINVAL)),
     }
 }
 
@@ -149,12 +138,10 @@ fn exec_seal_is_reported() {
 fn seals_on_a_file_that_cannot_be_sealed_are_einval() {
     let file = std::fs::File::open("/proc/self/maps").unwrap();
     let not_memfd = SharedMemory::from_fd(file.into()).unwrap();
-    assert_eq!(
+    common::assert_os(
         not_memfd.get_seals().unwrap_err(),
-        Error::Syscall {
-            op: "fcntl(F_GET_SEALS)",
-            errno: libc::EINVAL
-        }
+        "fcntl(F_GET_SEALS)",
+        Errno::EINVAL,
     );
 }
 

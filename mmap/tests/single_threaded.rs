@@ -13,6 +13,7 @@ mod common;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use common::{closed_fd, have_huge_pages, is_mapped, vmas};
+use mmap::Errno;
 use mmap::{
     HugePageSize, MappedRegion, MemoryMapping, MemoryMappingArena, MemoryMappingBuilder,
     Protection, SharedMemory,
@@ -56,7 +57,7 @@ fn reservation_is_unmapped_on_every_error_path() {
             .from_fd(&ro, 0)
             .align(GIB as u64)
             .build();
-        assert_eq!(e.unwrap_err().errno(), Some(libc::EACCES));
+        assert_eq!(e.unwrap_err().errno(), Some(Errno::EACCES));
         // EBADF: the descriptor is only looked at by the second mmap.
         // SAFETY: the number is closed and owned by nobody.
         let fd = unsafe { BorrowedFd::borrow_raw(closed) };
@@ -64,14 +65,14 @@ fn reservation_is_unmapped_on_every_error_path() {
             .from_fd(&fd, 0)
             .align(GIB as u64)
             .build();
-        assert_eq!(e.unwrap_err().errno(), Some(libc::EBADF));
+        assert_eq!(e.unwrap_err().errno(), Some(Errno::EBADF));
         // EINVAL: a huge page size the kernel lacks.
         let e = MemoryMappingBuilder::new(1)
             .private()
             .hugetlb(missing)
             .align(GIB as u64)
             .build();
-        assert_eq!(e.unwrap_err().errno(), Some(libc::EINVAL));
+        assert_eq!(e.unwrap_err().errno(), Some(Errno::EINVAL));
         // EPERM: a writable view of a write-sealed memfd.
         let sealed = SharedMemory::new("sealed", ps() as u64).unwrap();
         sealed.add_seals(mmap::MemfdSeals::WRITE).unwrap();
@@ -83,7 +84,7 @@ fn reservation_is_unmapped_on_every_error_path() {
             Protection::read_write(),
             false,
         );
-        assert_eq!(e.unwrap_err().errno(), Some(libc::EPERM));
+        assert_eq!(e.unwrap_err().errno(), Some(Errno::EPERM));
     }
     let after = mapped_bytes();
     assert!(
@@ -149,7 +150,7 @@ fn hugetlb_drop_unmaps_the_rounded_length() {
         .build()
     {
         Ok(m) => m,
-        Err(e) if e.errno() == Some(libc::ENOMEM) => {
+        Err(e) if e.errno() == Some(Errno::ENOMEM) => {
             test_kit::report::skip(
                 "the 2 MiB huge page pool ran out (sysctl -w vm.nr_hugepages=128)",
             );
@@ -166,7 +167,7 @@ fn hugetlb_drop_unmaps_the_rounded_length() {
     let shm = SharedMemory::new_hugetlb("drop", 2 * huge as u64, HugePageSize::Size2MiB).unwrap();
     let m = match MemoryMapping::from_fd(&shm, huge + 1) {
         Ok(m) => m,
-        Err(e) if e.errno() == Some(libc::ENOMEM) => {
+        Err(e) if e.errno() == Some(Errno::ENOMEM) => {
             test_kit::report::skip(
                 "the 2 MiB huge page pool ran out for the memfd (sysctl -w vm.nr_hugepages=128)",
             );

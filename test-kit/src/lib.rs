@@ -9,7 +9,8 @@
 //!
 //! The rest is shared by the tests and the example programs: their command lines ([`args`],
 //! [`exit`]), a deterministic random number generator ([`rng`]) and page pattern ([`pattern`]),
-//! raw mappings ([`mapping`]), bounded waits on fds ([`wait`]) and children ([`child`]),
+//! raw mappings ([`mapping`]), bounded waits on fds ([`wait`]) and children ([`child`]), the
+//! peer of a Unix socket ([`peer`]),
 //! temporary files ([`temp`]) and units ([`measure`]). With the `stress` feature, `stress` is
 //! the stress engine of `userfaultfd/tests/stress.rs` and the `uffd-stress` program.
 
@@ -19,6 +20,7 @@ pub mod exit;
 pub mod mapping;
 pub mod measure;
 pub mod pattern;
+pub mod peer;
 pub mod privilege;
 pub mod report;
 pub mod rng;

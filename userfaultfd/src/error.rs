@@ -90,33 +90,9 @@ sysctl vm.unprivileged_userfaultfd=1, grant CAP_SYS_PTRACE, give it read-write a
 /dev/userfaultfd (Linux 6.1+), or ask for user-mode-only faults with \
 UffdBuilder::user_mode_only(true)";
 
-/// An address range an operation was given, as errors report it: `start` and `len` bytes.
-/// Displays as `0xSTART..0xEND`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AddrRange {
-    /// First address.
-    pub start: usize,
-    /// Length in bytes.
-    pub len: usize,
-}
-
-impl AddrRange {
-    /// `start..start + len`.
-    pub const fn new(start: usize, len: usize) -> AddrRange {
-        AddrRange { start, len }
-    }
-}
-
-impl fmt::Display for AddrRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:#x}..{:#x}",
-            self.start,
-            self.start.wrapping_add(self.len)
-        )
-    }
-}
+/// The address range of [`Error::Os`]: the same type as `mmap`'s errors use, so both crates
+/// report ranges alike.
+pub use mmap::AddrRange;
 
 /// Errors of this crate.
 ///
@@ -152,7 +128,7 @@ impl fmt::Display for AddrRange {
 #[non_exhaustive]
 pub enum Error {
     /// The kernel refused the operation with `errno`.
-    #[error("{op}{on} failed: {errno} ({desc})", desc = errno.desc(),
+    #[error("{op}{on} failed: {errno}",
             on = range.map_or(String::new(), |r| format!(" on {r}")))]
     Os {
         /// What was called.
@@ -180,9 +156,9 @@ pub enum Error {
     /// after partial progress as `EAGAIN`, whatever stopped it (a page already present at
     /// `dst + done`, a pending event, a signal): resume at `dst + done`, where the next call
     /// reports the actual cause with nothing done.
-    #[error("{op} on {dst:#x} did {done} of {len} bytes, then stopped with {errno} ({desc}); \
+    #[error("{op} on {dst:#x} did {done} of {len} bytes, then stopped with {errno}; \
              resume at {resume:#x}",
-            desc = errno.desc(), resume = dst.wrapping_add(*done))]
+            resume = dst.wrapping_add(*done))]
     PartialProgress {
         /// What was called.
         op: Operation,

@@ -99,6 +99,31 @@
 //! A fault in a registered range may also *block* until a handler resolves it, or forever if no
 //! thread ever does: that is a hang, not a memory error, and it ends when the `Uffd` is closed.
 //!
+//! # Dependencies in the public API
+//!
+//! Two types of `nix` appear in this crate's public API: [`Errno`], the errno of [`Error`], and
+//! [`Pid`], the faulting thread of [`Event::Pagefault`]. Both are re-exported at the crate root;
+//! name them as `userfaultfd::Errno` and `userfaultfd::Pid`, and no `nix` dependency of your own
+//! is needed (nor can its version disagree with this crate's). The errors of the mapping crate
+//! ([`mmap::Error::Os`]) use the same `Errno`. A new major version of `nix` changes these types,
+//! so upgrading `nix` to one is a new major version of this crate.
+//!
+//! ```
+//! use userfaultfd::{Errno, Error, Operation, Pid};
+//!
+//! let e = Error::Os { op: Operation::Copy, errno: Errno::ENOENT, range: None };
+//! assert_eq!(e.errno(), Some(Errno::ENOENT));
+//! // The mapping crate's errno is the same type.
+//! let m = userfaultfd::mmap::MemoryMapping::new_private(userfaultfd::page_size())?;
+//! let err = m.remove_range(0, userfaultfd::page_size()).unwrap_err();
+//! let errno: Option<Errno> = err.errno();
+//! assert_eq!(errno, Some(Errno::EINVAL));
+//! // A thread id, as `Event::Pagefault::thread_id` reports it.
+//! let me: Pid = Pid::this();
+//! assert!(me.as_raw() > 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # References
 //!
 //! * [`userfaultfd(2)`](https://man7.org/linux/man-pages/man2/userfaultfd.2.html): creating the
@@ -116,6 +141,7 @@ mod error;
 mod event;
 mod flags;
 mod ops;
+mod outcome;
 mod pagemap;
 mod range;
 mod raw;
@@ -132,11 +158,12 @@ pub use flags::{
     ContinueMode, CopyMode, FeatureFlags, IoctlFlags, MoveMode, PoisonMode, RegisterMode,
     WriteProtectMode, ZeropageMode,
 };
-pub use ops::range_outcome;
+pub use outcome::range_outcome;
 pub use pagemap::{PageCategories, PageMap, PageRegion, ScanFlags, ScanOutcome, ScanRequest};
 pub use uffd::Uffd;
 
-/// The errno type of [`Error`] (re-exported from `nix`, as the 0.9 crate used it).
+/// The errno type of [`Error`] (re-exported from `nix`, as the 0.9 crate used it; see
+/// "Dependencies in the public API" in the crate docs).
 pub use nix::errno::Errno;
 // The thread-id type of `Event::Pagefault` (re-exported from `nix`). No doc comment here:
 // rustdoc would put it before nix's own summary and show two.

@@ -232,7 +232,7 @@ fn errors_are_std_errors_with_errno() {
     // SAFETY: our own mapping; the kernel refuses the unregistered range.
     let e: Error = unsafe { uffd.copy(page.as_ptr().cast(), p, PAGE_SIZE, true) }.unwrap_err();
     takes_std_error(&e);
-    assert_eq!(e.errno(), Some(nix::errno::Errno::ENOENT));
+    assert_eq!(e.errno(), Some(userfaultfd::Errno::ENOENT));
     let msg = e.to_string();
     assert!(
         msg.contains("UFFDIO_COPY") && msg.contains("ENOENT"),

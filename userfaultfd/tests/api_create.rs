@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 
 use common::*;
-use nix::errno::Errno;
+use userfaultfd::Errno;
 use userfaultfd::{CreationMethod, Error, FeatureFlags, IoctlFlags, Operation, UffdBuilder};
 
 /// Serialises the tests of this file, which count this process's open descriptors.
@@ -259,7 +259,7 @@ fn require_ioctls() {
     }
     let other = UffdBuilder::new().create().unwrap();
     let busy = other.register(mem.ptr(), ps()).unwrap_err();
-    assert_eq!(busy.errno(), Some(nix::errno::Errno::EBUSY), "{busy:?}");
+    assert_eq!(busy.errno(), Some(userfaultfd::Errno::EBUSY), "{busy:?}");
     uffd.unregister(mem.ptr(), ps()).unwrap();
     other.register(mem.ptr(), ps()).unwrap();
     drop((uffd, other));

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use mmap::{MemoryMapping, SharedMemory};
-use nix::errno::Errno;
+use userfaultfd::Errno;
 use userfaultfd::{
     ContinueMode, Error, FaultKind, FeatureFlags, IoctlFlags, Operation, ReadWrite, RegisterMode,
 };

@@ -7,7 +7,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use common::*;
-use nix::errno::Errno;
+use userfaultfd::Errno;
 use userfaultfd::{
     CopyMode, Error, Event, EventBuffer, FaultKind, FeatureFlags, IoctlFlags, Operation, ReadWrite,
     RegisterMode, UffdBuilder,

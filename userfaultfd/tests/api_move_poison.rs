@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use nix::errno::Errno;
+use userfaultfd::Errno;
 use userfaultfd::{Error, FaultKind, FeatureFlags, MoveMode, Operation};
 
 /// A private source buffer with its pages populated with `v` (all but `holes`), and excluded

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use nix::errno::Errno;
+use userfaultfd::Errno;
 use userfaultfd::{
     CopyMode, Error, FaultKind, FeatureFlags, IoctlFlags, Operation, PageCategories, PageMap,
     PageRegion, ReadWrite, RegisterMode, ScanRequest,

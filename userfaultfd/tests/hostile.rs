@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::{recv_fd, send_fd, Map};
 use libc::c_void;
-use nix::errno::Errno;
+use userfaultfd::Errno;
 use userfaultfd::{
     page_size, sys, CopyMode, Error, Event, EventBuffer, FaultKind, FeatureFlags, Operation,
     RegisterMode, Uffd, UffdBuilder,
@@ -538,24 +538,7 @@ fn operations_after_the_process_exited() {
         let ps = page_size();
         let m = Map::anon(2 * page_size());
         let src = Map::anon(page_size());
-        let mut socks = [0 as RawFd; 2];
-        // SAFETY: `socks` has room for the two fds.
-        let r = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-                0,
-                socks.as_mut_ptr(),
-            )
-        };
-        assert_eq!(r, 0);
-        // SAFETY: both fds are new and owned here.
-        let (parent_sock, child_sock) = unsafe {
-            (
-                OwnedFd::from_raw_fd(socks[0]),
-                OwnedFd::from_raw_fd(socks[1]),
-            )
-        };
+        let (parent_sock, child_sock) = std::os::unix::net::UnixStream::pair().expect("socketpair");
         let (addr, len, csock) = (m.addr(), 2 * ps, child_sock.as_raw_fd());
         // SAFETY: the child only makes async-signal-safe system calls and leaves with _exit.
         let pid = unsafe { libc::fork() };

@@ -3,7 +3,8 @@
 //! `poison_fallback` policy (default `Stop`) instead of `Poison`; without `WP_ASYNC` (before
 //! 6.7) dirty tracking works through synchronous write-protect faults. Each test runs its
 //! fallback where the kernel lacks the feature; where it has it, the fallback cannot happen and
-//! the test says so (skipped; `serve.rs` covers the feature itself).
+//! the test says so (skipped; `serve_failure.rs` and `serve_dirty.rs` cover the features
+//! themselves).
 
 mod common;
 

@@ -18,7 +18,7 @@ use tokio_common::*;
 use userfaultfd::serve::{
     AsyncRegion, AsyncServerBuilder, BlockingSource, MemorySource, PageSource,
 };
-use userfaultfd::{FeatureFlags, UffdBuilder};
+use userfaultfd::FeatureFlags;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_memory_is_served_byte_for_byte_to_eight_threads() {
@@ -128,24 +128,8 @@ async fn with_prefetch_and_background_reads_never_cross_a_chunk() {
 async fn hugetlb_regions_are_served_in_huge_pages() {
     let huge = 2 << 20;
     let pages = 4;
-    let free = mmap::HugePageSize::Size2MiB.free_pages().unwrap_or(0);
-    if free < pages as u64 + 2 {
-        test_kit::report::skip(format!(
-            "needs {} free 2 MiB huge pages, {free} free (sysctl vm.nr_hugepages=128)",
-            pages + 2
-        ));
+    let Some(m) = hugetlb_mapping(pages) else {
         return;
-    }
-    let m = match mmap::MemoryMappingBuilder::new(pages * huge)
-        .private()
-        .hugetlb(mmap::HugePageSize::Size2MiB)
-        .build()
-    {
-        Ok(m) => Arc::new(m),
-        Err(e) => {
-            test_kit::report::skip(format!("cannot map hugetlb memory: {e}"));
-            return;
-        }
     };
     let server = AsyncServerBuilder::new()
         .region(AsyncRegion::new(m.clone(), Image::new(pages, huge, None)))
@@ -222,11 +206,7 @@ async fn sync_sources_are_served_byte_for_byte_through_the_adapter() {
 async fn removed_pages_read_as_zeros_never_as_source_data() {
     let (page, pages) = (ps(), 256);
     let m = anon(pages);
-    let uffd = UffdBuilder::new()
-        .user_mode_only(true)
-        .require_features(FeatureFlags::EVENT_REMOVE)
-        .create()
-        .unwrap();
+    let uffd = user_uffd_with(FeatureFlags::EVENT_REMOVE);
     let server = AsyncServerBuilder::new()
         .region(AsyncRegion::new(m.clone(), Image::new(pages, page, None)))
         .start(uffd)
@@ -271,11 +251,7 @@ async fn removed_pages_read_as_zeros_never_as_source_data() {
 async fn unmapping_part_of_a_region_while_background_fill_runs() {
     let (page, pages) = (ps(), 4096);
     let map = Map::anon(pages * page);
-    let uffd = UffdBuilder::new()
-        .user_mode_only(true)
-        .require_features(FeatureFlags::EVENT_UNMAP)
-        .create()
-        .unwrap();
+    let uffd = user_uffd_with(FeatureFlags::EVENT_UNMAP);
     // SAFETY: `map` is this test's raw mapping, read only through `Map::read` below, and its
     // second half is unmapped only through the munmap below, which the server learns of.
     let region = unsafe {
@@ -309,11 +285,7 @@ async fn a_region_moved_whole_by_mremap_is_served_at_its_new_address() {
     let len = pages * page;
     let map = Map::anon(len);
     let dest = Arc::new(Map::reserve(len));
-    let uffd = UffdBuilder::new()
-        .user_mode_only(true)
-        .require_features(FeatureFlags::EVENT_REMAP)
-        .create()
-        .unwrap();
+    let uffd = user_uffd_with(FeatureFlags::EVENT_REMAP);
     // SAFETY: `map` is this test's raw mapping, reached only through `Map::read`; it moves
     // only by the mremap below, which the server learns of.
     let region =

@@ -1,10 +1,9 @@
 //! Downloads Debian's `linux-libc-dev` headers (the pinned version, or the newest 6.12.x of
 //! `bookworm-backports`) and caches them unpacked under `target/xtask/headers/`.
 
-use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use crate::apt;
 use crate::rundir::{install_atomically, RunDir};
 use crate::{HeaderSource, Result};
 
@@ -82,33 +81,16 @@ fn fetch_package(xtask_dir: &Path, run: &RunDir, version: &str) -> Result<PathBu
     }
     let download = run.subdir(&format!("download-{dir_name}"))?;
     let spec = format!("{PINNED_PACKAGE}={version}");
-    let out = Command::new("apt-get")
-        .args(["download", &spec])
-        .current_dir(&download)
-        .output()
-        .map_err(|e| format!("running apt-get download {spec}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`apt-get download {spec}` failed: {}
-(Debian's bookworm-backports suite must be in \
-             apt's sources, followed by `apt-get update`; .ci/run does both)",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let deb = fs::read_dir(&download)
-        .map_err(|e| format!("{}: {e}", download.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or("apt-get download left no .deb")?;
+    let deb = apt::download(&download, &spec).map_err(|e| {
+        format!(
+            "{e}\n(Debian's bookworm-backports suite must be in apt's sources, followed by \
+             `apt-get update`; .ci/run does both)"
+        )
+    })?;
     let staged = download.join("unpacked");
-    let status = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(&staged)
-        .status()
-        .map_err(|e| format!("running dpkg-deb: {e}"))?;
-    if !status.success() || !is_unpacked(&staged) {
-        return Err(format!("dpkg-deb -x {} failed", deb.display()));
+    apt::unpack(&deb, &staged)?;
+    if !is_unpacked(&staged) {
+        return Err(format!("{} holds no linux/userfaultfd.h", deb.display()));
     }
     let unpacked = install_atomically(&staged, &cache, is_unpacked)?;
     Ok(unpacked.join("usr/include"))
@@ -116,26 +98,8 @@ fn fetch_package(xtask_dir: &Path, run: &RunDir, version: &str) -> Result<PathBu
 
 /// The newest 6.12.x `linux-libc-dev` that apt knows from `bookworm-backports`.
 fn newest_backports_612() -> Result<String> {
-    let out = Command::new("apt-cache")
-        .args(["madison", PINNED_PACKAGE])
-        .output()
-        .map_err(|e| format!("running apt-cache madison: {e}"))?;
-    let listing = String::from_utf8_lossy(&out.stdout);
-    let mut best: Option<String> = None;
-    for version in backports_612_versions(&listing) {
-        let newer = match &best {
-            None => true,
-            Some(b) => Command::new("dpkg")
-                .args(["--compare-versions", &version, "gt", b])
-                .status()
-                .map_err(|e| format!("running dpkg --compare-versions: {e}"))?
-                .success(),
-        };
-        if newer {
-            best = Some(version);
-        }
-    }
-    best.ok_or_else(|| {
+    let listing = apt::madison(PINNED_PACKAGE)?;
+    apt::newest(backports_612_versions(&listing))?.ok_or_else(|| {
         format!(
             "apt knows no 6.12.x {PINNED_PACKAGE} from bookworm-backports (`apt-cache madison`)"
         )

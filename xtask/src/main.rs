@@ -37,6 +37,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod apt;
 mod bindings;
 mod debian;
 mod diff;

@@ -227,3 +227,13 @@ pub fn kpageflags(addr: *const u8) -> Option<u64> {
 
 /// `KPF_DIRTY` in `/proc/kpageflags`.
 pub const KPF_DIRTY: u64 = 1 << 4;
+
+/// Asserts that `err` is [`Error::Os`](mmap::Error::Os) from the system call `op` with `errno`
+/// (whatever its range), printing the whole error otherwise.
+#[track_caller]
+pub fn assert_os(err: mmap::Error, op: &str, errno: mmap::Errno) {
+    assert!(
+        matches!(&err, mmap::Error::Os { op: o, errno: e, .. } if *o == op && *e == errno),
+        "expected {op} to fail with {errno}, got {err:?}"
+    );
+}

@@ -585,11 +585,10 @@ impl ServerBuilder {
             background_rate: self.background_rate,
             registered: self.register,
             stop_when_populated: self.stop_when_populated,
-            recorder: self.record.then(|| Recorder::new(total)),
+            recorder: self.record.then(|| Recorder::new(total, self.exact)),
             replaying: AtomicBool::new(self.replay.is_some()),
             replayers: AtomicUsize::new(0),
             recording_exact: AtomicBool::new(self.exact),
-            exact_recording: self.exact,
             memory_sources,
             chunk_max,
             // Zeros to copy where ZEROPAGE cannot serve: hugetlb, and write-protected installs.

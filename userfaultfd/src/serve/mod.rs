@@ -72,6 +72,7 @@ pub mod async_server;
 mod async_source;
 mod builder;
 mod coalesce;
+mod dispatch;
 mod error;
 mod file;
 #[cfg(feature = "object-store")]

@@ -113,14 +113,14 @@ impl Server {
     /// asked to [`record_working_set`](super::ServerBuilder::record_working_set) (empty otherwise).
     /// Save it with [`WorkingSet::save`] and replay it with [`ServerBuilder::replay`](super::ServerBuilder::replay).
     pub fn working_set(&self) -> WorkingSet {
-        let entries = match &self.shared.recorder {
-            Some(rec) => rec
-                .pages()
-                .map(|(ri, p)| (ri as u32, (p * self.shared.regions[ri].page_size) as u64))
-                .collect(),
-            None => Vec::new(),
+        let Some(rec) = &self.shared.recorder else {
+            return WorkingSet::from_entries(Vec::new());
         };
-        WorkingSet::from_entries(entries).with_exact(self.shared.exact_recording)
+        let entries = rec
+            .pages()
+            .map(|(ri, p)| (ri as u32, (p * self.shared.regions[ri].page_size) as u64))
+            .collect();
+        WorkingSet::from_entries(entries).with_exact(rec.is_exact())
     }
 
     /// Ends the recording of the working set and returns it: later demands are not recorded.

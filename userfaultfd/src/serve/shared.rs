@@ -91,8 +91,6 @@ pub(super) struct Shared {
     pub(super) replayers: AtomicUsize,
     /// Recording exactly: no prefetch, background fill waits, until `finish_recording`.
     pub(super) recording_exact: AtomicBool,
-    /// The server was built to record exactly (the recorded set is exact).
-    pub(super) exact_recording: bool,
     /// Every region's source is memory (has a direct view): copies are CPU-bound, not reads.
     pub(super) memory_sources: bool,
     /// The largest run one ioctl covers: the size of each thread's bounce buffer.

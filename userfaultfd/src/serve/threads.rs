@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
+use super::dispatch::{Batch, Fault};
 use super::error::ServeError;
 use super::shared::{Path, Shared};
 use super::state::{CLAIMED_ZERO, MISSING, PRESENT, REMOVED};
 use super::stats::Counters;
 use super::working_set::WorkingSet;
-use crate::{Error, Event, EventBuffer, FaultKind, ReadWrite};
+use crate::{Error, EventBuffer, FaultKind, ReadWrite};
 
 /// Per-handler readahead: the window grows while faults move forward through a region.
 pub(super) struct Readahead {
@@ -36,7 +37,7 @@ impl Readahead {
 
 pub(super) fn handler_loop(s: &Shared, ready: &dyn Fn()) {
     let mut buf = EventBuffer::new(64);
-    let mut faults: Vec<(usize, FaultKind, ReadWrite, Instant)> = Vec::with_capacity(64);
+    let mut faults: Vec<Fault> = Vec::with_capacity(64);
     let mut bounce = vec![0u8; s.chunk_max];
     // The thread's name and its first use of thread-locals may allocate: get them done now.
     let _ = thread::current().name().map(str::len);
@@ -93,33 +94,8 @@ pub(super) fn handler_loop(s: &Shared, ready: &dyn Fn()) {
         if fds[0].revents & libc::POLLIN == 0 {
             continue;
         }
-        {
-            let _guard = s.event_lock.as_ref().map(|l| l.write());
-            match s.uffd.read_events(&mut buf) {
-                Ok(events) => {
-                    let now = Instant::now();
-                    for ev in events {
-                        match ev {
-                            Ok(Event::Pagefault {
-                                kind: FaultKind::WriteProtected,
-                                addr,
-                                ..
-                            }) => s.write_fault(addr as usize),
-                            Ok(Event::Pagefault { addr, kind, rw, .. }) => {
-                                faults.push((addr as usize, kind, rw, now));
-                            }
-                            Ok(other) => s.apply_event(other),
-                            Err(e) => s.report(&ServeError::Uffd(e)),
-                        }
-                    }
-                }
-                Err(Error::Interrupted { .. }) => {}
-                Err(e) => {
-                    s.report(&ServeError::Uffd(e));
-                    s.halt("reading the userfaultfd failed".into(), true);
-                    return;
-                }
-            }
+        if let Batch::Failed = s.read_batch(&mut buf, &mut faults) {
+            return;
         }
         if faults.is_empty() {
             continue;
@@ -130,17 +106,8 @@ pub(super) fn handler_loop(s: &Shared, ready: &dyn Fn()) {
         for &(addr, kind, rw, t0) in &faults {
             demand(s, addr, kind, rw, t0, &mut bounce);
         }
-        // While recording exactly, only the faulting pages: every page touched is demanded.
-        // While replaying from a source that is read (not memory), too: the replay is the
-        // better prefetch there, and chunks read around faults would take the source's
-        // bandwidth from it.
-        if s.prefetch != 0
-            && !s.recording_exact.load(Ordering::Acquire)
-            && (s.memory_sources || !s.replaying.load(Ordering::Acquire))
-        {
-            for &(addr, _, _, _) in &faults {
-                prefetch(s, addr, &mut ra, &mut bounce);
-            }
+        for &(addr, _, _, _) in &faults {
+            prefetch(s, addr, &mut ra, &mut bounce);
         }
         faults.clear();
         s.demand_busy.fetch_sub(1, Ordering::AcqRel);
@@ -266,7 +233,18 @@ pub(super) fn replay_loop(s: &Shared, plan: &ReplayPlan, me: usize, ready: &dyn 
     }
 }
 
+/// Copies the missing pages of the prefetch window around a fault at `addr`, unless prefetch is
+/// off or paused.
 fn prefetch(s: &Shared, addr: usize, ra: &mut Readahead, bounce: &mut [u8]) {
+    // Paused while recording exactly: every page touched must be demanded. Paused while
+    // replaying from a source that is read (not memory), too: the replay is the better
+    // prefetch there, and chunks read around faults would take the source's bandwidth from it.
+    if s.prefetch == 0
+        || s.recording_exact.load(Ordering::Acquire)
+        || (!s.memory_sources && s.replaying.load(Ordering::Acquire))
+    {
+        return;
+    }
     let Some((ri, page)) = s.region_of(addr) else {
         return;
     };

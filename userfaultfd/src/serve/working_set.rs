@@ -265,15 +265,25 @@ pub(crate) struct Recorder {
     next: AtomicUsize,
     /// Cleared by `Server::finish_recording`: later demands are not recorded.
     active: AtomicBool,
+    /// Recording exactly (`ServerBuilder::exact_recording`): the recorded set is exact.
+    exact: bool,
 }
 
 impl Recorder {
-    pub(crate) fn new(capacity: usize) -> Recorder {
+    /// A recorder for at most `capacity` pages; `exact` when the server serves only the
+    /// faulting pages while it records.
+    pub(crate) fn new(capacity: usize, exact: bool) -> Recorder {
         Recorder {
             slots: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             next: AtomicUsize::new(0),
             active: AtomicBool::new(true),
+            exact,
         }
+    }
+
+    /// Whether the recorded set is exact (every touched page, not one per prefetch chunk).
+    pub(crate) fn is_exact(&self) -> bool {
+        self.exact
     }
 
     /// Records the first demand of `page` of region `region` (each page is recorded at most
@@ -398,7 +408,7 @@ mod tests {
 
     #[test]
     fn a_finished_recorder_records_nothing_more() {
-        let r = Recorder::new(4);
+        let r = Recorder::new(4, false);
         r.record(0, 1);
         r.finish();
         r.record(0, 2);
@@ -407,7 +417,7 @@ mod tests {
 
     #[test]
     fn recorder_keeps_order_and_bounds() {
-        let r = Recorder::new(3);
+        let r = Recorder::new(3, false);
         r.record(0, 5);
         r.record(2, 1);
         r.record(1, (1 << 39) + 7);

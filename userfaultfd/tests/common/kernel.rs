@@ -31,6 +31,22 @@ pub fn name(feature: FeatureFlags) -> &'static str {
         .expect("a named feature")
 }
 
+/// A userfaultfd for user-mode faults with `feature`, or `None` once [`assert_lacks`] has
+/// checked the typed error of a kernel without it (and recorded it as unsupported).
+pub fn user_uffd_if_supported(feature: FeatureFlags) -> Option<userfaultfd::Uffd> {
+    match userfaultfd::UffdBuilder::new()
+        .user_mode_only(true)
+        .require_features(feature)
+        .create()
+    {
+        Ok(uffd) => Some(uffd),
+        Err(e) => {
+            assert_lacks(feature, &e);
+            None
+        }
+    }
+}
+
 /// Asserts that `e` is the library's "this kernel lacks `feature`" error, naming the feature and
 /// the Linux version that brings it, that the kernel indeed lacks it, and records the test as
 /// asserted-unsupported.

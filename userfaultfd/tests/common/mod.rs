@@ -11,6 +11,7 @@ use userfaultfd::{Event, Uffd, UffdBuilder};
 
 pub mod kernel;
 pub mod moto;
+pub mod serving;
 
 /// How long a bounded wait may take before the test fails (never reached when things work).
 pub const TIMEOUT: Duration = Duration::from_secs(10);

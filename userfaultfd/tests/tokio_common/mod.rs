@@ -1,5 +1,5 @@
-//! Shared helpers of the `tokio_serve*` tests: the test image, touching threads, and an async
-//! source over the image that records its reads.
+//! Shared helpers of the `tokio_serve*` tests: an async source over the test image that records
+//! its reads (the image and the touching threads are `common::serving`'s, re-exported here).
 #![allow(dead_code)]
 
 use std::io;
@@ -8,71 +8,14 @@ use std::thread;
 
 use mmap::MemoryMapping;
 use userfaultfd::serve::{AsyncPageSource, MemorySource, PageSource, SourceFuture};
-use userfaultfd::UffdBuilder;
 
-use crate::common::{ps, TIMEOUT};
+use crate::common::ps;
 
-/// Page `n` of an image holds the byte `(n * 7 + 3) as u8` (zero every eighth page).
-pub fn byte_of(page: usize) -> u8 {
-    if page % 8 == 7 {
-        0
-    } else {
-        (page * 7 + 3) as u8
-    }
-}
-
-pub fn image(pages: usize, page: usize) -> Vec<u8> {
-    (0..pages * page).map(|i| byte_of(i / page)).collect()
-}
-
-pub fn user_uffd() -> userfaultfd::Uffd {
-    UffdBuilder::new().user_mode_only(true).create().unwrap()
-}
-
-pub fn anon(pages: usize) -> Arc<MemoryMapping> {
-    Arc::new(MemoryMapping::new_private(pages * ps()).unwrap())
-}
-
-/// Checks three bytes of every page of `m` against [`byte_of`].
-pub fn verify(m: &MemoryMapping, page: usize) {
-    for p in 0..m.size() / page {
-        for off in [0, page / 2, page - 1] {
-            assert_eq!(
-                m.read_obj::<u8>(p * page + off).unwrap(),
-                byte_of(p),
-                "page {p}+{off}"
-            );
-        }
-    }
-}
-
-/// Touches every page of `m` from `threads` threads, each in its own order, checking each
-/// byte; fails the test after `TIMEOUT`.
-pub fn touch_all(m: &Arc<MemoryMapping>, page: usize, threads: usize) {
-    touch_all_from(m, page, threads, 0);
-}
-
-/// [`touch_all`] for a region served from page `shift` of the image on.
-pub fn touch_all_from(m: &Arc<MemoryMapping>, page: usize, threads: usize, shift: usize) {
-    let pages = m.size() / page;
-    let (tx, rx) = mpsc::channel();
-    for t in 0..threads {
-        let (m, tx) = (Arc::clone(m), tx.clone());
-        thread::spawn(move || {
-            let stride = [1, 3, 5, 7, 11, 13, 17, 19][t % 8];
-            for i in 0..pages {
-                let p = (i * stride + t) % pages;
-                let want = byte_of(p + shift);
-                assert_eq!(m.read_obj::<u8>(p * page + 1).unwrap(), want, "page {p}");
-            }
-            tx.send(()).unwrap();
-        });
-    }
-    for _ in 0..threads {
-        rx.recv_timeout(TIMEOUT)
-            .expect("a touching thread is stuck");
-    }
-}
+#[allow(unused_imports)] // each tokio test uses some of them
+pub use crate::common::serving::{
+    anon, byte_of, hugetlb_mapping, image, touch_all, touch_all_from, user_uffd, user_uffd_with,
+    verify,
+};
 
 /// A thread reading byte 0 of page `p` of `m`; its result arrives on the channel.
 pub fn touch(m: &Arc<MemoryMapping>, p: usize) -> mpsc::Receiver<u8> {

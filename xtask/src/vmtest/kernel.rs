@@ -13,6 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::apt;
 use crate::rundir::{install_atomically, RunDir};
 use crate::Result;
 
@@ -54,8 +55,8 @@ pub fn fetch(cache: &Path, run: &RunDir, series: &str) -> Result<Kernel> {
 fn resolve_and_fetch(cache: &Path, run: &RunDir, series: &str) -> Result<Kernel> {
     let version = newest_version(series)?;
     let download = run.subdir("kernel-download")?;
-    let meta = apt_download(&download, &format!("{METAPACKAGE}={version}"))?;
-    let depends = command_stdout(
+    let meta = apt::download(&download, &format!("{METAPACKAGE}={version}"))?;
+    let depends = apt::command_stdout(
         Command::new("dpkg-deb")
             .args(["-f"])
             .arg(&meta)
@@ -68,10 +69,10 @@ fn resolve_and_fetch(cache: &Path, run: &RunDir, series: &str) -> Result<Kernel>
     let target = cache.join(&release);
     if !is_complete(&target) {
         eprintln!("xtask: downloading {package} ({version}) for the guest");
-        let deb = apt_download(&download, &package)?;
+        let deb = apt::download(&download, &package)?;
         let staged = download.join("unpacked");
-        run_ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&staged))?;
-        run_ok(Command::new("depmod").arg("-b").arg(&staged).arg(&release))?;
+        apt::unpack(&deb, &staged)?;
+        apt::run_ok(Command::new("depmod").arg("-b").arg(&staged).arg(&release))?;
         let bz = staged.join(format!("boot/vmlinuz-{release}"));
         if let Err(e) = decompress_to_elf(&bz, &staged.join(format!("boot/vmlinux-{release}"))) {
             eprintln!("xtask: note: booting the bzImage ({e})");
@@ -131,22 +132,8 @@ fn abi_number(release: &str) -> u64 {
 
 /// The newest version of the metapackage in `series` that apt knows (`apt-cache madison`).
 fn newest_version(series: &str) -> Result<String> {
-    let listing = command_stdout(Command::new("apt-cache").args(["madison", METAPACKAGE]))?;
-    let mut best: Option<String> = None;
-    for version in series_versions(&listing, series) {
-        let newer = match &best {
-            None => true,
-            Some(b) => Command::new("dpkg")
-                .args(["--compare-versions", &version, "gt", b])
-                .status()
-                .map_err(|e| format!("running dpkg --compare-versions: {e}"))?
-                .success(),
-        };
-        if newer {
-            best = Some(version);
-        }
-    }
-    best.ok_or_else(|| {
+    let listing = apt::madison(METAPACKAGE)?;
+    apt::newest(series_versions(&listing, series))?.ok_or_else(|| {
         format!(
             "apt knows no {METAPACKAGE} of Linux {series} (`apt-cache madison {METAPACKAGE}`; \
              run `apt-get update`, and for 6.1 have Debian 12's bookworm suites in apt's sources)"
@@ -176,37 +163,6 @@ fn abi_package(depends: &str, series: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// `apt-get download SPEC` into `dir`; the path of the new `.deb`.
-fn apt_download(dir: &Path, spec: &str) -> Result<PathBuf> {
-    let before: Vec<PathBuf> = debs(dir);
-    let out = Command::new("apt-get")
-        .args(["download", spec])
-        .current_dir(dir)
-        .output()
-        .map_err(|e| format!("running apt-get download {spec}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`apt-get download {spec}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    debs(dir)
-        .into_iter()
-        .find(|p| !before.contains(p))
-        .ok_or_else(|| format!("apt-get download {spec} left no new .deb"))
-}
-
-fn debs(dir: &Path) -> Vec<PathBuf> {
-    fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "deb"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Extracts the XZ payload of a bzImage into an ELF `vmlinux` (Python's `lzma`: no extra crate,
 /// and python3 is there for virtme-ng anyway).
 fn decompress_to_elf(bz: &Path, out: &Path) -> Result<()> {
@@ -218,38 +174,13 @@ elf = lzma.LZMADecompressor().decompress(data[at:])\n\
 if elf[:4] != b'\\x7fELF': sys.exit('the payload is not an ELF image')\n\
 open(sys.argv[2], 'wb').write(elf)\n";
     let part = PathBuf::from(format!("{}.part", out.display()));
-    run_ok(
+    apt::run_ok(
         Command::new("python3")
             .args(["-c", SCRIPT])
             .arg(bz)
             .arg(&part),
     )?;
     fs::rename(&part, out).map_err(|e| format!("{}: {e}", out.display()))
-}
-
-fn run_ok(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn command_stdout(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]

@@ -44,29 +44,8 @@ pub fn run_guarded(shared: &Shared, id: u64, stream: UnixStream) -> bool {
 
 /// The peer's pid (`SO_PEERCRED`).
 fn peer_pid(stream: &UnixStream) -> Result<libc::pid_t, String> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are live and sized for SO_PEERCRED's ucred.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 || cred.pid <= 0 {
-        return Err(format!(
-            "cannot learn the peer's pid (SO_PEERCRED): {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(cred.pid)
+    examples::peer_pid(stream)
+        .map_err(|e| format!("cannot learn the peer's pid (SO_PEERCRED): {e}"))
 }
 
 fn run(shared: &Shared, id: u64, stream: UnixStream) -> Result<(), String> {

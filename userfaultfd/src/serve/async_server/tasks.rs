@@ -14,13 +14,14 @@ use std::time::Instant;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
+use super::super::dispatch::{Batch, Fault};
 use super::super::shared::{Path, Shared};
 use super::super::state::{CLAIMED_ZERO, MISSING, PRESENT, REMOVED};
 use super::super::stats::Counters;
 use super::super::threads::{prefetch_window, Readahead};
 use super::super::{AsyncPageSource, ServeError};
 use super::sched::{Priority, Scheduler};
-use crate::{Error, Event, EventBuffer, FaultKind, ReadWrite};
+use crate::{Error, EventBuffer, FaultKind, ReadWrite};
 
 /// What the tasks share.
 pub(super) struct Ctx {
@@ -192,7 +193,7 @@ pub(super) async fn race<A: Future, B: Future>(a: A, b: B) -> Option<A::Output> 
 pub(super) async fn reader(ctx: Arc<Ctx>, uffd: AsyncFd<UffdFd>, stop: AsyncFd<StopFd>) {
     let s = &*ctx.s;
     let mut buf = EventBuffer::new(64);
-    let mut faults: Vec<(usize, FaultKind, ReadWrite, Instant)> = Vec::with_capacity(64);
+    let mut faults: Vec<Fault> = Vec::with_capacity(64);
     let mut ra = Readahead::new(s.prefetch);
     loop {
         let ready = poll_fn(|cx| {
@@ -218,36 +219,11 @@ pub(super) async fn reader(ctx: Arc<Ctx>, uffd: AsyncFd<UffdFd>, stop: AsyncFd<S
         if ctx.stopped() {
             break;
         }
-        {
-            // As the sync handler: events are read and applied under the write lock, so no
-            // resolution lands between a REMOVE's read and the marking of its pages.
-            let _w = s.event_lock.as_ref().map(|l| l.write());
-            match s.uffd.fill_events(&mut buf) {
-                Ok(0) => guard.clear_ready(),
-                Ok(_) => {
-                    let now = Instant::now();
-                    for ev in s.uffd.buffered_events(&mut buf) {
-                        match ev {
-                            Ok(Event::Pagefault {
-                                kind: FaultKind::WriteProtected,
-                                addr,
-                                ..
-                            }) => s.write_fault(addr as usize),
-                            Ok(Event::Pagefault { addr, kind, rw, .. }) => {
-                                faults.push((addr as usize, kind, rw, now));
-                            }
-                            Ok(other) => s.apply_event(other),
-                            Err(e) => s.report(&ServeError::Uffd(e)),
-                        }
-                    }
-                }
-                Err(Error::Interrupted { .. }) => {}
-                Err(e) => {
-                    s.report(&ServeError::Uffd(e));
-                    s.halt("reading the userfaultfd failed".into(), true);
-                    break;
-                }
-            }
+        // As the threaded handlers read: under the event lock, events applied at once.
+        match s.read_batch(&mut buf, &mut faults) {
+            Batch::Empty => guard.clear_ready(),
+            Batch::Failed => break,
+            Batch::Read | Batch::Interrupted => {}
         }
         drop(guard);
         Counters::add(&s.counters.demand_faults, faults.len() as u64);
