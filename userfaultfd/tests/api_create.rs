@@ -29,13 +29,14 @@ fn fd_flags(fd: i32) -> (i32, i32) {
 
 #[test]
 fn every_creation_method_works_as_root() {
+    // First: the privilege probes open descriptors of their own.
+    let _g = serial();
     if !test_kit::privilege::require_all(&[
         test_kit::privilege::Need::Syscall,
         test_kit::privilege::Need::Device,
     ]) {
         return;
     }
-    let _g = serial();
     let before = count_fds();
     for method in [
         CreationMethod::Auto,
@@ -71,10 +72,11 @@ fn every_creation_method_works_as_root() {
 
 #[test]
 fn defaults_and_flags() {
+    // First: the privilege probes open descriptors of their own.
+    let _g = serial();
     if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
         return;
     }
-    let _g = serial();
     // Default: close-on-exec on, blocking.
     let uffd = UffdBuilder::new().create().unwrap();
     let (fdfl, fl) = fd_flags(uffd.as_raw_fd());
@@ -87,10 +89,11 @@ fn defaults_and_flags() {
 
 #[test]
 fn features_are_reported() {
+    // First: the privilege probes open descriptors of their own.
+    let _g = serial();
     if !test_kit::privilege::require(test_kit::privilege::Need::CapSysPtrace) {
         return;
     }
-    let _g = serial();
     let before = count_fds();
     let probed = UffdBuilder::probe_features().unwrap();
     assert_eq!(count_fds(), before, "probe closes its throwaway fd");
@@ -146,13 +149,14 @@ fn features_are_reported() {
 
 #[test]
 fn unsupported_feature_is_reported_and_leaks_nothing() {
+    // First: the privilege probes open descriptors of their own.
+    let _g = serial();
     if !test_kit::privilege::require_all(&[
         test_kit::privilege::Need::Syscall,
         test_kit::privilege::Need::Device,
     ]) {
         return;
     }
-    let _g = serial();
     let before = count_fds();
     let bogus = FeatureFlags::from_bits_retain(1 << 40);
     for method in [CreationMethod::Syscall, CreationMethod::Device] {
@@ -176,10 +180,11 @@ fn unsupported_feature_is_reported_and_leaks_nothing() {
 
 #[test]
 fn require_ioctls() {
+    // First: the privilege probes open descriptors of their own.
+    let _g = serial();
     if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
         return;
     }
-    let _g = serial();
     let before = count_fds();
     // The API ioctls are always there.
     let uffd = UffdBuilder::new()

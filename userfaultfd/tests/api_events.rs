@@ -24,10 +24,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 #[test]
 fn fork_produces_fork_event_with_owned_uffd() {
+    // First: the privilege probes open descriptors of their own.
+    let _g = serial();
     if !test_kit::privilege::require(test_kit::privilege::Need::CapSysPtrace) {
         return;
     }
-    let _g = serial();
     let ps = ps();
     let uffd = uffd_with(FeatureFlags::EVENT_FORK);
     let mem = Map::anon(2 * ps);
@@ -74,10 +75,11 @@ fn fork_produces_fork_event_with_owned_uffd() {
 
 #[test]
 fn mremap_produces_remap_then_unmap() {
+    // First: the privilege probes open descriptors of their own.
+    let _g = serial();
     if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
         return;
     }
-    let _g = serial();
     let ps = ps();
     // Mappings first, so that on a failure the uffd is dropped (flushing events) before
     // they are unmapped: an unmap of a registered range would wait for its event forever.
@@ -146,10 +148,11 @@ fn mremap_produces_remap_then_unmap() {
 
 #[test]
 fn madvise_dontneed_produces_remove_and_blocks_copies_until_read() {
+    // First: the privilege probes open descriptors of their own.
+    let _g = serial();
     if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
         return;
     }
-    let _g = serial();
     let ps = ps();
     let uffd = uffd_with(FeatureFlags::EVENT_REMOVE);
     let mem = Map::anon(2 * ps);
@@ -211,10 +214,11 @@ fn madvise_dontneed_produces_remove_and_blocks_copies_until_read() {
 
 #[test]
 fn munmap_produces_unmap() {
+    // First: the privilege probes open descriptors of their own.
+    let _g = serial();
     if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
         return;
     }
-    let _g = serial();
     let ps = ps();
     let uffd = uffd_with(FeatureFlags::EVENT_UNMAP);
     let mem = Map::anon(2 * ps);
@@ -238,10 +242,11 @@ fn munmap_produces_unmap() {
 
 #[test]
 fn thread_id_is_the_faulting_thread() {
+    // First: the privilege probes open descriptors of their own.
+    let _g = serial();
     if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
         return;
     }
-    let _g = serial();
     let ps = ps();
     let uffd = uffd_with(FeatureFlags::THREAD_ID);
     assert!(uffd.features().contains(FeatureFlags::THREAD_ID));
@@ -268,10 +273,11 @@ fn thread_id_is_the_faulting_thread() {
 
 #[test]
 fn exact_address_reports_the_faulting_byte() {
+    // First: the privilege probes open descriptors of their own.
+    let _g = serial();
     if !test_kit::privilege::require(test_kit::privilege::Need::KernelFaults) {
         return;
     }
-    let _g = serial();
     let ps = ps();
     let exact = uffd_with(FeatureFlags::EXACT_ADDRESS);
     let mem = Map::anon(2 * ps);
@@ -300,10 +306,11 @@ fn exact_address_reports_the_faulting_byte() {
 /// the buffer must be closed when the buffer is read into again or dropped.
 #[test]
 fn unconsumed_fork_fds_are_closed_on_buffer_reuse_and_drop() {
+    // First: the privilege probes open descriptors of their own.
+    let _g = serial();
     if !test_kit::privilege::require(test_kit::privilege::Need::CapSysPtrace) {
         return;
     }
-    let _g = serial();
     let ps = ps();
     let mem = Map::anon(ps);
     let uffd = uffd_with(FeatureFlags::EVENT_FORK);
