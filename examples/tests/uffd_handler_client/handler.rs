@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use super::process::{wait_exit, Lines};
 use super::LIMIT;
@@ -30,19 +31,30 @@ impl Handler {
             .spawn()
             .expect("cannot run uffd-handler");
         let stderr = Lines::collect(child.stderr.take().unwrap());
-        let h = Handler {
+        let mut h = Handler {
             child,
             stderr,
             socket: socket.to_owned(),
             status: None,
         };
-        assert!(
-            h.stderr
-                .wait(LIMIT, |l| l.contains("listening on"))
-                .is_some(),
-            "the handler did not start listening:\n{}",
-            h.log()
-        );
+        if h.stderr
+            .wait(LIMIT, |l| l.contains("listening on"))
+            .is_none()
+        {
+            // Either the time ran out or the handler closed its stderr: say which, and how
+            // it ended if it did.
+            let how = match wait_exit(&mut h.child, Duration::from_secs(5)) {
+                Some(st) => {
+                    h.status = Some(st);
+                    format!("it exited: {st}")
+                }
+                None => format!("still running after {LIMIT:?}"),
+            };
+            panic!(
+                "the handler did not start listening ({how}); its log:\n{}",
+                h.log()
+            );
+        }
         h
     }
 
