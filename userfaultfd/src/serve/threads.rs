@@ -165,10 +165,10 @@ pub(super) struct ReplayPlan {
     /// `(region, first page, end page)`.
     runs: Vec<(usize, usize, usize)>,
     next: AtomicUsize,
-    /// How many replay threads copy: one when every source is memory (a direct view: the
+    /// How many replay threads to start: one when every source is memory (a direct view: the
     /// copies are CPU-bound, and more threads would only take CPUs from the program and its
     /// faults); all of them otherwise, so that reads overlap.
-    active: usize,
+    pub(super) active: usize,
 }
 
 impl ReplayPlan {
@@ -210,11 +210,11 @@ impl ReplayPlan {
 
 /// Copies the working set's runs, taking them from the plan in order; the last replay thread
 /// to finish lets background fill start.
-pub(super) fn replay_loop(s: &Shared, plan: &ReplayPlan, me: usize, ready: &dyn Fn()) {
-    let mut bounce = vec![0u8; if me < plan.active { s.chunk_max } else { 0 }];
+pub(super) fn replay_loop(s: &Shared, plan: &ReplayPlan, ready: &dyn Fn()) {
+    let mut bounce = vec![0u8; s.chunk_max];
     let _ = thread::current().name().map(str::len);
     ready();
-    while me < plan.active && !s.stopping() {
+    while !s.stopping() {
         let Some(&(ri, start, end)) = plan.runs.get(plan.next.fetch_add(1, Ordering::Relaxed))
         else {
             break;
