@@ -276,6 +276,8 @@ impl ServerBuilder {
     /// network round trip) is read many requests at a time, while the threads take the entries
     /// in recorded order. When every region's source is memory (it has a
     /// [direct view](super::PageSource::direct)) one thread copies: the copies are CPU-bound.
+    /// Replay threads run at nice 5: below the program and its fault handlers, above
+    /// background fill (nice 10).
     /// One thread replays strictly in order.
     pub fn replay_threads(mut self, n: usize) -> ServerBuilder {
         self.replay_threads = n;
@@ -441,9 +443,8 @@ impl ServerBuilder {
             });
         }
         if let Some(ws) = replay {
-            let plan = Arc::new(ReplayPlan::new(&ws, &shared, replay_threads));
-            // Only the threads that will copy: one when every source is memory.
-            let replay_threads = plan.active;
+            let plan = Arc::new(ReplayPlan::new(ws));
+            let replay_threads = ReplayPlan::threads(&shared, replay_threads);
             shared.replayers.store(replay_threads, Ordering::Release);
             for i in 0..replay_threads {
                 let (s, r, plan) = (Arc::clone(&shared), Arc::clone(&ready), Arc::clone(&plan));
@@ -786,7 +787,11 @@ mod tests {
         let g = Arc::clone(&gate);
         threads.push(thread::spawn(move || g.leave()));
         gate.wait_for(4);
-        assert_eq!(passed.load(Ordering::SeqCst), 0, "nobody passes a closed gate");
+        assert_eq!(
+            passed.load(Ordering::SeqCst),
+            0,
+            "nobody passes a closed gate"
+        );
         gate.open();
         for t in threads {
             t.join().unwrap();
