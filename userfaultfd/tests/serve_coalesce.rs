@@ -140,6 +140,33 @@ fn touch_even_pages(server: &Server, m: &MemoryMapping, src: &Counting, pages: u
     assert_eq!(reads, want, "one single-page read per demand fault");
 }
 
+/// A region of [`CHUNKS`] chunks served by [`start`] whose even pages have been touched, so
+/// that every chunk is fragmented: missing runs of one page between present pages.
+struct Fragmented {
+    per_chunk: usize,
+    pages: usize,
+    m: Arc<MemoryMapping>,
+    src: Arc<Counting>,
+    server: Server,
+}
+
+/// [`Fragmented`], or `None` (the skip reported) where [`pages_per_chunk`] says so.
+fn fragmented(background: usize, features: FeatureFlags) -> Option<Fragmented> {
+    let per_chunk = pages_per_chunk()?;
+    let pages = CHUNKS * per_chunk;
+    let m = Arc::new(MemoryMapping::new_private(pages * ps()).unwrap());
+    let src = Counting::new(pages * ps());
+    let server = start(&m, &src, background, features);
+    touch_even_pages(&server, &m, &src, pages);
+    Some(Fragmented {
+        per_chunk,
+        pages,
+        m,
+        src,
+        server,
+    })
+}
+
 /// Checks every byte of page `p` of `m` against the image (or against zeros).
 fn verify_page(m: &MemoryMapping, p: usize, zeros: bool) {
     let page = ps();
@@ -159,15 +186,17 @@ fn chunk_read(c: usize, per_chunk: usize) -> (usize, usize) {
 
 #[test]
 fn background_fill_reads_each_fragmented_chunk_once() {
-    let Some(per_chunk) = pages_per_chunk() else {
+    let Some(Fragmented {
+        per_chunk,
+        pages,
+        m,
+        src,
+        server,
+    }) = fragmented(1, FeatureFlags::empty())
+    else {
         return;
     };
     let page = ps();
-    let pages = CHUNKS * per_chunk;
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
-    let src = Counting::new(pages * page);
-    let server = start(&m, &src, 1, FeatureFlags::empty());
-    touch_even_pages(&server, &m, &src, pages);
 
     // Background fill starts: one read per chunk, however many missing runs it holds.
     server.finish_recording();
@@ -190,15 +219,17 @@ fn background_fill_reads_each_fragmented_chunk_once() {
 
 #[test]
 fn a_page_removed_during_a_coalesced_read_keeps_its_zeros() {
-    let Some(per_chunk) = pages_per_chunk() else {
+    let Some(Fragmented {
+        per_chunk,
+        pages,
+        m,
+        src,
+        server,
+    }) = fragmented(1, FeatureFlags::EVENT_REMOVE)
+    else {
         return;
     };
     let page = ps();
-    let pages = CHUNKS * per_chunk;
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
-    let src = Counting::new(pages * page);
-    let server = start(&m, &src, 1, FeatureFlags::EVENT_REMOVE);
-    touch_even_pages(&server, &m, &src, pages);
 
     // Background fill's first read (chunk 0, pages 1.. to its end) is held while a balloon
     // frees pages 2..6 inside it: two present pages and two still missing (3 and 5).
@@ -236,16 +267,18 @@ fn a_page_removed_during_a_coalesced_read_keeps_its_zeros() {
 
 #[test]
 fn prefetch_reads_a_fragmented_window_once() {
-    let Some(per_chunk) = pages_per_chunk() else {
+    // No background fill: only demand faults and their prefetch.
+    let Some(Fragmented {
+        per_chunk,
+        m,
+        src,
+        server,
+        ..
+    }) = fragmented(0, FeatureFlags::empty())
+    else {
         return;
     };
     let page = ps();
-    let pages = CHUNKS * per_chunk;
-    let m = Arc::new(MemoryMapping::new_private(pages * page).unwrap());
-    let src = Counting::new(pages * page);
-    // No background fill: only demand faults and their prefetch.
-    let server = start(&m, &src, 0, FeatureFlags::empty());
-    touch_even_pages(&server, &m, &src, pages);
     server.finish_recording();
 
     // A fault on the first odd page of chunk 1: its own read, then one read for the rest of

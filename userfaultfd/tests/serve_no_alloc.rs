@@ -76,6 +76,27 @@ fn populated(server: &Server) -> bool {
     true
 }
 
+/// Inside a counting window: reads the first byte of each page in `pages` (faulting them in),
+/// then waits for population. Checks the bytes and the population outside the window; returns
+/// the window's allocations.
+fn touch_window(m: &MemoryMapping, server: &Server, pages: impl Iterator<Item = usize>) -> usize {
+    let page = userfaultfd::page_size();
+    let mut bad = None;
+    let mut done = false;
+    let allocs = window(|| {
+        for p in pages {
+            if m.read_obj::<u8>(p * page).ok() != Some(byte_of(p)) {
+                bad = Some(p);
+                break;
+            }
+        }
+        done = populated(server);
+    });
+    assert_eq!(bad, None, "wrong byte in a served page");
+    assert!(done, "not populated within {LIMIT:?}");
+    allocs
+}
+
 #[test]
 fn serving_faults_allocates_nothing() {
     let page = userfaultfd::page_size();
@@ -83,19 +104,7 @@ fn serving_faults_allocates_nothing() {
     // Window 1: demand faults and prefetch, no background fill.
     let m = Arc::new(MemoryMapping::new_private(PAGES * page).unwrap());
     let server = serve(&m, ServerBuilder::new().background_threads(0));
-    let mut bad = None;
-    let mut done = false;
-    let allocs = window(|| {
-        for p in (0..PAGES).rev() {
-            if m.read_obj::<u8>(p * page).ok() != Some(byte_of(p)) {
-                bad = Some(p);
-                break;
-            }
-        }
-        done = populated(&server);
-    });
-    assert_eq!(bad, None, "wrong byte in a served page");
-    assert!(done, "not populated within {LIMIT:?}");
+    let allocs = touch_window(&m, &server, (0..PAGES).rev());
     let stats = server.shutdown().unwrap();
     assert!(
         stats.demand_faults > 0 && stats.pages_prefetch > 0,
@@ -141,19 +150,7 @@ fn serving_faults_allocates_nothing() {
     }
     // Recording ends (and its working set is built) outside the window.
     drop(server.finish_recording());
-    let mut bad = None;
-    let mut done = false;
-    let allocs = window(|| {
-        for p in (1..PAGES).step_by(per_window.max(2)) {
-            if m.read_obj::<u8>(p * page).ok() != Some(byte_of(p)) {
-                bad = Some(p);
-                break;
-            }
-        }
-        done = populated(&server);
-    });
-    assert_eq!(bad, None, "wrong byte in a served page");
-    assert!(done, "not populated within {LIMIT:?}");
+    let allocs = touch_window(&m, &server, (1..PAGES).step_by(per_window.max(2)));
     let stats = server.shutdown().unwrap();
     assert!(stats.pages_prefetch > 0, "{stats:?}");
     assert_eq!(
