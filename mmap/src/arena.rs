@@ -585,21 +585,23 @@ mod tests {
                 range: Some(AddrRange::new(a.addr as usize, HUGE))
             }
         );
-        match perms_at(a.addr).as_deref() {
+        if a.leaked.is_empty() {
             // The kernel cleared the range before hugetlbfs refused (Linux 6.18
-            // does): the arena mapped its reservation back and owns the range.
-            Some("---p") => {
-                assert!(a.leaked.is_empty(), "{:?}", a.leaked);
-                assert_eq!(MappedRegion::size(&a), 2 * HUGE);
-            }
-            // The kernel failed before touching the old sub-mapping: the arena
-            // cannot tell it from someone else's memory and gives it up.
-            Some("rw-s") => assert_eq!(a.leaked, [(0, HUGE)]),
-            other => panic!("unexpected mapping after the failed mmap: {other:?}"),
+            // does): the arena mapped its reservation back and owns the range,
+            // so nobody else can map there.
+            assert_eq!(perms_at(a.addr).as_deref(), Some("---p"));
+            assert_eq!(MappedRegion::size(&a), 2 * HUGE);
+            let other = MemoryMappingBuilder::new(HUGE).build_fixed_noreplace(a.addr);
+            assert_eq!(other.unwrap_err().errno(), Some(Errno::EEXIST));
+        } else {
+            // Given up. Either the kernel failed before touching the old
+            // sub-mapping (still there: the arena cannot tell it from someone
+            // else's memory), or it cleared the range and another test thread
+            // of this binary mapped into the gap before the arena could take it
+            // back (seen in CI; `a_gap_someone_else_mapped_into_is_given_up`
+            // plays that race on purpose). What is there now is not the arena's.
+            assert_eq!(a.leaked, [(0, HUGE)]);
         }
-        // Either way nobody else can map there now.
-        let other = MemoryMappingBuilder::new(HUGE).build_fixed_noreplace(a.addr);
-        assert_eq!(other.unwrap_err().errno(), Some(Errno::EEXIST));
     }
 
     #[test]
