@@ -416,6 +416,35 @@ unsafe impl MappedRegion for MemoryMappingArena {
         self.leaked.first().map_or(self.size, |&(o, _)| o)
     }
 
+    /// The largest page size of the memory in [`size`](MappedRegion::size): the huge page
+    /// size when a hugetlb mapping (an arena made from a hugetlb [`MemoryMapping`], or a
+    /// hugetlbfs file added with [`add_fd_offset_protection`](MemoryMappingArena::add_fd_offset_protection))
+    /// covers any of it, the base page size otherwise.
+    ///
+    /// A userfaultfd resolves faults in hugetlb memory only in whole huge pages, so a server
+    /// working in units of this size can serve such an arena. An arena that mixes hugetlb and
+    /// base-page sub-mappings is served in units of the huge page size as well: its base-page
+    /// parts must then start and end on multiples of it (each resolve stays inside one
+    /// sub-mapping).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mmap::{MappedRegion, MemoryMappingArena};
+    ///
+    /// let arena = MemoryMappingArena::new(4 * mmap::pagesize())?;
+    /// assert_eq!(arena.page_size(), mmap::pagesize());
+    /// # Ok::<(), mmap::Error>(())
+    /// ```
+    fn page_size(&self) -> usize {
+        let end = self.size();
+        self.huge
+            .iter()
+            .filter(|&&(o, _, _)| o < end)
+            .map(|&(_, _, p)| p)
+            .fold(pagesize(), usize::max)
+    }
+
     /// [`add_fd_offset_protection`](MemoryMappingArena::add_fd_offset_protection).
     fn add_fd_mapping(
         &mut self,

@@ -292,10 +292,13 @@ fn arena_replaces_hugetlb_memory_in_whole_huge_pages() {
         .unwrap()
         .into();
     let test = "arena_replaces_hugetlb_memory_in_whole_huge_pages";
-    // One page asked for, one huge page mapped.
+    assert_eq!(arena.page_size(), ps());
+    // One page asked for, one huge page mapped; from now on a userfaultfd must resolve the
+    // arena in huge pages, and the arena says so.
     if or_skip(test, arena.add_fd(HUGE, ps(), &shm)).is_none() {
         return;
     }
+    assert_eq!(arena.page_size(), HUGE);
     let vmas = vmas_in(arena.as_ptr(), arena.size());
     let base = arena.as_ptr() as usize;
     let huge_vma = vmas.iter().find(|v| v.has("ht")).expect("a hugetlb VMA");
@@ -328,6 +331,7 @@ fn arena_replaces_hugetlb_memory_in_whole_huge_pages() {
     assert!(vmas_in(arena.as_ptr(), arena.size())
         .iter()
         .all(|v| !v.has("ht")));
+    assert_eq!(arena.page_size(), ps(), "no huge page left in the arena");
 
     // An arena made from hugetlb memory follows the same rule.
     let Some(m) = or_skip(
@@ -340,10 +344,12 @@ fn arena_replaces_hugetlb_memory_in_whole_huge_pages() {
         return;
     };
     let mut arena = MemoryMappingArena::from(m);
+    assert_eq!(arena.page_size(), HUGE);
     assert!(matches!(
         arena.add_anon(ps(), ps()),
         Err(Error::UnalignedOffset { op: "add_anon", offset, .. }) if offset == ps() as u64
     ));
     arena.add_anon(0, HUGE).unwrap();
+    assert_eq!(arena.page_size(), ps());
     arena.add_anon(ps(), ps()).unwrap();
 }

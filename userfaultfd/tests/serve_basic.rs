@@ -93,6 +93,45 @@ fn hugetlb_regions_are_served_in_huge_pages() {
     verify(&m, huge);
 }
 
+/// An arena made from hugetlb memory is a region of huge pages too: the server learns the unit
+/// from `MappedRegion::page_size`, so every resolve is a whole huge page (a 4 KiB `COPY` into
+/// hugetlb memory fails with `EINVAL`).
+#[test]
+fn hugetlb_arenas_are_served_in_huge_pages() {
+    let huge = 2 << 20;
+    let pages = 3;
+    let Some(m) = hugetlb_mapping(pages) else {
+        return;
+    };
+    let m = Arc::try_unwrap(m).expect("the helper keeps no other reference");
+    let arena = Arc::new(mmap::MemoryMappingArena::from(m));
+    let base = mmap::MappedRegion::as_ptr(&*arena) as usize;
+    let server = ServerBuilder::new()
+        .region(Region::new(
+            arena.clone(),
+            Arc::new(MemorySource::new(image(pages, huge))),
+        ))
+        .start(user_uffd())
+        .unwrap();
+    // A demand fault in the middle of the last huge page.
+    let last = (pages - 1) * huge;
+    assert_eq!(
+        common::recv(&common::reader(base + last + huge / 2)),
+        byte_of(pages - 1)
+    );
+    server.wait_populated(TIMEOUT).unwrap();
+    let stats = server.shutdown().unwrap();
+    assert_eq!(stats.pages_present(), pages as u64, "{stats:?}");
+    for p in 0..pages {
+        for off in [0, huge / 2, huge - 1] {
+            // SAFETY: inside the arena, which `arena` keeps mapped; the server has stopped,
+            // and every page is present, so the read neither blocks nor races a resolve.
+            let v = unsafe { std::ptr::read_volatile((base + p * huge + off) as *const u8) };
+            assert_eq!(v, byte_of(p), "huge page {p} + {off}");
+        }
+    }
+}
+
 #[test]
 fn two_servers_at_once() {
     let page = ps();
