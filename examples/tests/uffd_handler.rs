@@ -316,6 +316,59 @@ fn bad_handshakes_close_their_connection_only() {
     h.assert_no_panic();
 }
 
+/// A connection that never completes its handshake is closed when `--handshake-timeout-ms`
+/// runs out, whether it sent nothing or part of a message (whose descriptor the handler then
+/// closes), and the handler goes on serving.
+#[test]
+fn silent_connections_are_closed_after_the_handshake_timeout() {
+    if !uffd_available() {
+        return;
+    }
+    let dir = TempDir::new("silent");
+    let (sock, mem) = (dir.path("sock"), dir.path("mem"));
+    memfile(&mem, 4 * MIB, 23);
+    let h = Handler::start(&sock, &mem, &["--handshake-timeout-ms", "300"]);
+    // Connected, and nothing sent.
+    let quiet = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    assert!(
+        closed_by_peer(&quiet),
+        "the handler kept a silent connection"
+    );
+    let line = h.wait_line(&[
+        "vm 1",
+        "no complete handshake within 300ms (0 bytes received)",
+    ]);
+    assert!(line.contains("connection closed"), "{line}");
+    // Half a message with the uffd attached, the connection kept open.
+    let uffd = UffdBuilder::new().non_blocking(true).create().unwrap();
+    let half = br#"[{"base_host_virt_addr":268435456,"size":"#;
+    let s = send_handshake(&sock, half, &[uffd.as_raw_fd()]);
+    assert!(closed_by_peer(&s), "the handler kept a half-sent handshake");
+    h.wait_line(&[
+        "vm 2",
+        &format!(
+            "no complete handshake within 300ms ({} bytes received)",
+            half.len()
+        ),
+    ]);
+    drop((quiet, s));
+    // The descriptor that came with the half message is closed, not kept.
+    let uffds = std::fs::read_dir(format!("/proc/{}/fd", h.pid()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy() == "anon_inode:[userfaultfd]")
+        .count();
+    assert_eq!(uffds, 0, "the handler kept the half message's userfaultfd");
+    // The handler is still there and serves a good VM.
+    let mut vm = Vm::spawn(&VmSpec::new(&sock, &mem, vec![(4 * MIB, 0)]));
+    vm.expect_ok();
+    h.wait_line(&[
+        &format!("(pid {})", vm.pid()),
+        "ended (the monitored process exited)",
+    ]);
+    h.assert_no_panic();
+}
+
 #[test]
 fn once_with_a_bad_handshake_exits_with_status_1() {
     let dir = TempDir::new("oncebad");
@@ -529,6 +582,10 @@ fn command_line_errors() {
         &["only-one"],
         &["s", "m", "--bogus"],
         &["s", "m", "--record-working-set"],
+        &["s", "m", "--handshake-timeout-ms", "0"],
+        &["s", "m", "--handshake-timeout-ms", "-5"],
+        &["s", "m", "--handshake-timeout-ms", "soon"],
+        &["s", "m", "--handshake-timeout-ms", "3600001"],
     ] {
         let out = common::run_limited(bin, args, limit).unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use userfaultfd::Uffd;
 
-/// The longest a connection may take to send its handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest handshake accepted (Firecracker's is well under a kilobyte per region).
 const MAX_MESSAGE: usize = 1 << 20;
 /// Descriptors one `recvmsg` can take (more than one is refused, but all are closed).
@@ -115,10 +113,10 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], flags: libc::c_int) -> std::io
     })
 }
 
-/// Reads the handshake from `sock`, waiting at most [`HANDSHAKE_TIMEOUT`], and checks it
+/// Reads the handshake from `sock`, waiting at most `timeout` for all of it, and checks it
 /// against a memory file of `file_len` bytes.
-pub fn read(sock: &UnixStream, file_len: u64) -> Result<Handshake, String> {
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+pub fn read(sock: &UnixStream, file_len: u64, timeout: Duration) -> Result<Handshake, String> {
+    let deadline = Instant::now() + timeout;
     let mut data: Vec<u8> = Vec::new();
     let mut fds: Vec<OwnedFd> = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
@@ -127,7 +125,7 @@ pub fn read(sock: &UnixStream, file_len: u64) -> Result<Handshake, String> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(format!(
-                "no complete handshake within {HANDSHAKE_TIMEOUT:?} ({} bytes received)",
+                "no complete handshake within {timeout:?} ({} bytes received)",
                 data.len()
             ));
         }

@@ -37,7 +37,8 @@
 //! Bad input ends that connection only, with a line on stderr: a message that is not JSON or
 //! not the array above, no descriptor (or more than one) attached, a descriptor that is not a
 //! userfaultfd, regions that overlap, are misaligned or run past the memory file, a page size
-//! other than 4 KiB or 2 MiB, no handshake within 10 s. A second message on a connection
+//! other than 4 KiB or 2 MiB, no complete handshake within `--handshake-timeout-ms`
+//! (10 s by default). A second message on a connection
 //! already served is refused and the connection closed; the VM it set up stays served (its
 //! memory would otherwise silently fill with zero pages). A missing or empty `MEMFILE`, or an
 //! unreadable `--replay-working-set` file, stops the program at start (status 1).
@@ -198,6 +199,11 @@ pub struct Cli {
     /// Serve one VM, then exit (status 0 when it was served until its process exited).
     #[arg(long)]
     pub once: bool,
+    /// How long a connection may take to send its handshake before it is closed, in
+    /// milliseconds (1 to 3600000).
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub handshake_timeout_ms: u64,
 }
 
 /// What every VM's thread shares.

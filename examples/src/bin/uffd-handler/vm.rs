@@ -54,7 +54,12 @@ fn run(shared: &Shared, id: u64, stream: UnixStream) -> Result<(), String> {
         regions,
         uffd,
         trailing,
-    } = handshake::read(&stream, shared.source.len()).map_err(|e| format!("(pid {pid}) {e}"))?;
+    } = handshake::read(
+        &stream,
+        shared.source.len(),
+        Duration::from_millis(shared.cli.handshake_timeout_ms),
+    )
+    .map_err(|e| format!("(pid {pid}) {e}"))?;
     let mut stream = Some(stream);
     if trailing {
         log!(
