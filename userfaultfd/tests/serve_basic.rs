@@ -10,7 +10,8 @@ use std::thread;
 use std::time::Duration;
 
 use common::serving::{
-    anon, byte_of, hugetlb_mapping, image, image_region, touch_all, user_uffd, verify,
+    anon, assert_within_rate, byte_of, hugetlb_mapping, image, image_region, touch_all, user_uffd,
+    verify,
 };
 use common::{ps, TIMEOUT};
 use mmap::MemoryMapping;
@@ -130,6 +131,49 @@ fn hugetlb_arenas_are_served_in_huge_pages() {
             assert_eq!(v, byte_of(p), "huge page {p} + {off}");
         }
     }
+}
+
+/// `background_rate` holds over all background threads together (two here): at every sample,
+/// the bytes copied are within the rate since the start plus one copy, and the region is
+/// still populated in the end.
+#[test]
+fn the_background_rate_limit_holds_over_every_thread() {
+    let page = ps();
+    let pages = 2048; // 8 MiB
+    let (rate, chunk) = (16u64 << 20, 1usize << 20);
+    let m = anon(pages);
+    let t0 = std::time::Instant::now();
+    let server = ServerBuilder::new()
+        .region(Region::new(
+            m.clone(),
+            Arc::new(MemorySource::new(image(pages, page))),
+        ))
+        .background_threads(2)
+        .background_chunk(chunk)
+        .background_rate(rate)
+        .start(user_uffd())
+        .unwrap();
+    let deadline = t0 + TIMEOUT;
+    let mut samples = 0;
+    loop {
+        let populated = server.wait_populated(Duration::from_millis(25)).is_ok();
+        let stats = server.stats();
+        let now = std::time::Instant::now();
+        let bytes = assert_within_rate(stats.pages_background, now, t0, rate, chunk as u64);
+        samples += 1;
+        if populated {
+            assert_eq!(bytes, (pages * page) as u64, "{stats:?}");
+            break;
+        }
+        assert!(
+            now < deadline,
+            "not populated within {TIMEOUT:?}: {stats:?}"
+        );
+    }
+    // 8 MiB at 16 MiB/s: about half a second, so the limit was sampled while it worked.
+    assert!(samples > 2, "{samples} samples");
+    server.shutdown().unwrap();
+    verify(&m, page);
 }
 
 #[test]

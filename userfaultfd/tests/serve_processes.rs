@@ -127,6 +127,65 @@ fn serving_another_process_until_it_exits() {
     drop(guest);
 }
 
+/// The async server watches a "VMM" child as the threaded one does: it serves the child's
+/// faults from the runtime's tasks and stops, saying why, when the child exits.
+#[cfg(feature = "tokio")]
+#[test]
+fn an_async_server_serves_another_process_until_it_exits() {
+    use userfaultfd::serve::{AsyncRegion, AsyncServerBuilder};
+
+    let page = ps();
+    let pages = 64;
+    let guest = Map::anon(pages * page);
+    let (sock, child_sock) = UnixStream::pair().expect("socketpair");
+    let (addr, csock) = (guest.addr(), child_sock.as_raw_fd());
+    // Forked before the runtime starts its threads. SAFETY: the child makes only raw system
+    // calls and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = vmm_child(csock, addr, pages, page);
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    drop(child_sock);
+    let fd = common::recv_fd(sock.as_raw_fd()).expect("the child's uffd");
+    let uffd = userfaultfd::Uffd::try_from(fd).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (why, stats) = rt.block_on(async {
+        let src: Arc<dyn PageSource> = Arc::new(MemorySource::new(image(pages, page)));
+        // SAFETY: the range is the child's memory (its copy of `guest`), which the child asked
+        // us to define; nothing in this process is written.
+        let region =
+            unsafe { Region::from_raw_parts(addr as *mut libc::c_void, pages * page, page, src) };
+        let server = AsyncServerBuilder::new()
+            .region(AsyncRegion::from(region))
+            .register(false)
+            .background_fetches(0)
+            .monitored_process(pid)
+            .start(uffd)
+            .unwrap();
+        // SAFETY: writes the go byte from a live buffer.
+        let sent = unsafe { libc::write(sock.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        assert_eq!(sent, 1);
+        let why = server.wait_halted(TIMEOUT).await;
+        (why, server.shutdown().await.unwrap())
+    });
+    let status = wait_child_bounded(pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status:#x}"
+    );
+    let why = why.expect("the async server noticed the exit");
+    assert!(why.contains("monitored process exited"), "{why}");
+    assert_eq!(stats.pages_present(), pages as u64, "{stats:?}");
+    drop(guest);
+}
+
 #[test]
 fn a_forked_child_is_served_through_on_fork() {
     if !test_kit::privilege::require(test_kit::privilege::Need::CapSysPtrace) {

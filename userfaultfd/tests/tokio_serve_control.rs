@@ -439,6 +439,45 @@ async fn a_panicking_source_stops_the_server_without_a_hang() {
     server.shutdown().await.unwrap();
 }
 
+/// `background_rate` holds over all background tasks together (four by default): at every
+/// sample, the bytes copied are within the rate since the start plus one block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_rate_limit_holds_over_every_task() {
+    let pages = 2048; // 8 MiB
+    let (rate, block) = (16u64 << 20, 1usize << 20);
+    let m = anon(pages);
+    let t0 = std::time::Instant::now();
+    let server = AsyncServerBuilder::new()
+        .region(AsyncRegion::new(m.clone(), Image::new(pages, ps(), None)))
+        .background_chunk(block)
+        .background_rate(rate)
+        .start(user_uffd())
+        .unwrap();
+    let deadline = t0 + TIMEOUT;
+    let mut samples = 0;
+    loop {
+        let populated = server
+            .wait_populated(std::time::Duration::from_millis(25))
+            .await
+            .is_ok();
+        let stats = server.stats();
+        let now = std::time::Instant::now();
+        let bytes = assert_within_rate(stats.pages_background, now, t0, rate, block as u64);
+        samples += 1;
+        if populated {
+            assert_eq!(bytes, (pages * ps()) as u64, "{stats:?}");
+            break;
+        }
+        assert!(
+            now < deadline,
+            "not populated within {TIMEOUT:?}: {stats:?}"
+        );
+    }
+    assert!(samples > 2, "{samples} samples");
+    server.shutdown().await.unwrap();
+    verify(&m, ps());
+}
+
 #[test]
 fn refused_configurations_are_typed_errors() {
     let m = anon(4);
@@ -469,6 +508,19 @@ fn refused_configurations_are_typed_errors() {
             AsyncServerBuilder::new()
                 .region(AsyncRegion::new(m.clone(), Image::new(2, ps(), None))),
             "past the source's end",
+        ),
+        (
+            AsyncServerBuilder::new()
+                .region(region())
+                .background_rate(0),
+            "background_rate must be positive",
+        ),
+        (
+            // Above any pid_max the kernel allows (2^22): there is nothing to watch.
+            AsyncServerBuilder::new()
+                .region(region())
+                .monitored_process(i32::MAX),
+            "cannot watch process",
         ),
     ];
     for (builder, want) in cases {

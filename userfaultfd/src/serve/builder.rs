@@ -12,6 +12,7 @@ use std::time::Instant;
 use libc::c_void;
 
 use super::error::ServeError;
+use super::pace::Pacer;
 use super::region::Region;
 use super::server::Server;
 use super::shared::{Dirty, Served, Shared, Status};
@@ -198,8 +199,12 @@ impl ServerBuilder {
         self
     }
 
-    /// Limits background fill to `bytes_per_sec` (demand faults and prefetch are not limited),
-    /// to leave a shared source or disk to the workload.
+    /// Limits background fill to `bytes_per_sec` over all background threads together (demand
+    /// faults and prefetch are not limited), to leave a shared source or disk to the workload.
+    /// Each background copy first reserves its bytes: the bytes whose copy has started are at
+    /// most `bytes_per_sec` times the time since the first, plus one copy (at most
+    /// [`background_chunk`](Self::background_chunk)). [`start`](Self::start) refuses 0 with
+    /// [`ServeError::Config`].
     pub fn background_rate(mut self, bytes_per_sec: u64) -> ServerBuilder {
         self.background_rate = Some(bytes_per_sec);
         self
@@ -586,7 +591,7 @@ impl ServerBuilder {
             prefetch: self.prefetch,
             prefetch_max: self.prefetch_max,
             background_chunk: self.background_chunk,
-            background_rate: self.background_rate,
+            pacer: self.background_rate.map(Pacer::new),
             registered: self.register,
             stop_when_populated: self.stop_when_populated,
             recorder: self.record.then(|| Recorder::new(total, self.exact)),

@@ -77,6 +77,7 @@ mod error;
 mod file;
 #[cfg(feature = "object-store")]
 mod object_store;
+mod pace;
 mod region;
 mod server;
 mod shared;

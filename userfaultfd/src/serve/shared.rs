@@ -13,6 +13,7 @@ use nix::errno::Errno;
 
 use super::builder::{ErrorCallback, FailurePolicy, ForkCallback};
 use super::error::ServeError;
+use super::pace::Pacer;
 use super::state::{PageStates, CLAIMED, CLAIMED_ZERO, GONE, MISSING, PRESENT, REMOVED};
 use super::stats::Counters;
 use super::working_set::Recorder;
@@ -80,7 +81,8 @@ pub(super) struct Shared {
     pub(super) prefetch: usize,
     pub(super) prefetch_max: usize,
     pub(super) background_chunk: usize,
-    pub(super) background_rate: Option<u64>,
+    /// The background rate limit, shared by every background thread or task.
+    pub(super) pacer: Option<Pacer>,
     pub(super) registered: bool,
     pub(super) stop_when_populated: bool,
     /// The demand order, when recording.

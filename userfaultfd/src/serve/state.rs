@@ -75,6 +75,11 @@ impl PageStates {
         self.states[page].swap(to, Ordering::AcqRel)
     }
 
+    /// How many pages of `from..end` are `MISSING`.
+    pub(crate) fn missing_in(&self, from: usize, end: usize) -> usize {
+        (from..end).filter(|&p| self.get(p) == MISSING).count()
+    }
+
     /// The first page at or after `from` (below `end`) that is `MISSING`.
     pub(crate) fn next_missing(&self, from: usize, end: usize) -> Option<usize> {
         (from..end).find(|&p| self.get(p) == MISSING)

@@ -316,8 +316,6 @@ pub(super) fn background_loop(s: &Shared, me: usize, of: usize, ready: &dyn Fn()
     let mut bounce = vec![0u8; s.chunk_max];
     let _ = thread::current().name().map(str::len);
     ready();
-    let started = Instant::now();
-    let mut copied: u64 = 0;
     // Start small and double while copies are fast: the first demand fault never waits
     // behind a large read of a slow source.
     let mut step_pages = 0;
@@ -355,14 +353,19 @@ pub(super) fn background_loop(s: &Shared, me: usize, of: usize, ready: &dyn Fn()
                     // Missing runs separated by short present gaps (memory fragmented by a
                     // replay) are read in one request, up to the step.
                     let step = step_pages.clamp(min_step, chunk);
+                    let end = hi.min(first + step);
+                    if let Some(pacer) = &s.pacer {
+                        // Reserved before anything is claimed: a page waits for the budget
+                        // only while nobody holds it, so a demand fault never waits here.
+                        let missing = r.states.missing_in(first, end);
+                        paced(s, pacer.reserve((missing * r.page_size) as u64));
+                        if s.stopping() {
+                            return;
+                        }
+                    }
                     let t = Instant::now();
-                    let Some(stop) = s.fill_from(
-                        ri,
-                        first,
-                        hi.min(first + step),
-                        Path::Background,
-                        &mut bounce,
-                    ) else {
+                    let Some(stop) = s.fill_from(ri, first, end, Path::Background, &mut bounce)
+                    else {
                         p = first + 1;
                         continue;
                     };
@@ -372,12 +375,8 @@ pub(super) fn background_loop(s: &Shared, me: usize, of: usize, ready: &dyn Fn()
                     } else if took < STEP_FAST && stop - first == step && step < chunk {
                         step_pages = step * 2;
                     }
-                    copied += ((stop - first) * r.page_size) as u64;
                     progress = true;
                     p = stop;
-                }
-                if let Some(rate) = s.background_rate {
-                    throttle(s, started, copied, rate);
                 }
                 c += of;
             }
@@ -399,15 +398,19 @@ const STEP_SLOW: Duration = Duration::from_micros(2000);
 /// ...and one faster than this doubles it (up to the chunk).
 const STEP_FAST: Duration = Duration::from_micros(500);
 
-/// Sleeps (interruptibly, on the status condition) until `copied` bytes since `started` are
-/// within `rate` bytes per second.
-fn throttle(s: &Shared, started: Instant, copied: u64, rate: u64) {
-    let due = Duration::from_secs_f64(copied as f64 / rate as f64);
-    let elapsed = started.elapsed();
-    if due > elapsed {
-        let st = s.status.lock().unwrap_or_else(PoisonError::into_inner);
-        if !s.stopping() {
-            let _ = s.changed.wait_timeout(st, due - elapsed);
+/// Waits until `start` (a [`Pacer`](super::pace::Pacer) reservation), on the status
+/// condition, so that a stop ends the wait.
+fn paced(s: &Shared, start: Instant) {
+    let mut st = s.status.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        let left = start.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.stopping() {
+            return;
         }
+        st = s
+            .changed
+            .wait_timeout(st, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
     }
 }

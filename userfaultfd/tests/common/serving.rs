@@ -176,3 +176,24 @@ pub fn dirty_set(ranges: &[DirtyRange], page: usize) -> Vec<usize> {
     }
     v
 }
+
+/// Checks the background rate limit's promise on one sample of the statistics: the bytes
+/// background fill has copied by `sampled_at` are at most `rate` bytes per second since
+/// `t0` (taken before the server started, so before its first reservation) plus `slack`
+/// (one copy). Returns the bytes.
+pub fn assert_within_rate(
+    pages_background: u64,
+    sampled_at: std::time::Instant,
+    t0: std::time::Instant,
+    rate: u64,
+    slack: u64,
+) -> u64 {
+    let bytes = pages_background * ps() as u64;
+    let allowed = (rate as f64 * (sampled_at - t0).as_secs_f64()) as u64 + slack;
+    assert!(
+        bytes <= allowed,
+        "background fill copied {bytes} bytes in {:?}, over {rate} B/s (+{slack})",
+        sampled_at - t0
+    );
+    bytes
+}

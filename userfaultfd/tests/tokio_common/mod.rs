@@ -13,8 +13,8 @@ use crate::common::ps;
 
 #[allow(unused_imports)] // each tokio test uses some of them
 pub use crate::common::serving::{
-    anon, byte_of, hugetlb_mapping, image, touch_all, touch_all_from, user_uffd, user_uffd_with,
-    verify,
+    anon, assert_within_rate, byte_of, hugetlb_mapping, image, touch_all, touch_all_from,
+    user_uffd, user_uffd_with, verify,
 };
 
 /// A thread reading byte 0 of page `p` of `m`; its result arrives on the channel.

@@ -16,7 +16,7 @@ use super::super::{
 use super::region::AsyncRegion;
 use super::sched::Scheduler;
 use super::server::AsyncServer;
-use super::tasks::{background, reader, Ctx, StopFd, UffdFd};
+use super::tasks::{background, reader, watch_process, Ctx, PidFd, StopFd, UffdFd};
 use crate::Uffd;
 
 /// Default bound on source reads in flight at once ([`AsyncServerBuilder::max_fetches`]).
@@ -62,6 +62,8 @@ pub struct AsyncServerBuilder {
     fallback: FailurePolicy,
     register: bool,
     stop_when_populated: bool,
+    background_rate: Option<u64>,
+    monitored: Option<libc::pid_t>,
     on_error: Option<ErrorCallback>,
     on_fork: Option<ForkCallback>,
 }
@@ -79,6 +81,8 @@ impl std::fmt::Debug for AsyncServerBuilder {
             .field("fallback", &self.fallback)
             .field("register", &self.register)
             .field("stop_when_populated", &self.stop_when_populated)
+            .field("background_rate", &self.background_rate)
+            .field("monitored", &self.monitored)
             .finish_non_exhaustive()
     }
 }
@@ -107,6 +111,8 @@ impl AsyncServerBuilder {
             fallback: FailurePolicy::Stop,
             register: true,
             stop_when_populated: false,
+            background_rate: None,
+            monitored: None,
             on_error: None,
             on_fork: None,
         }
@@ -200,6 +206,28 @@ impl AsyncServerBuilder {
         self
     }
 
+    /// Limits background fill to `bytes_per_sec` over all background tasks, as
+    /// [`ServerBuilder::background_rate`]: demand fetches and prefetch are not limited, so a
+    /// shared source (a disk, a link, an object store's request budget) is left to the
+    /// workload. [`start`](Self::start) refuses 0 with [`ServeError::Config`].
+    pub fn background_rate(mut self, bytes_per_sec: u64) -> AsyncServerBuilder {
+        self.background_rate = Some(bytes_per_sec);
+        self
+    }
+
+    /// The process whose memory is served, when it is not this one (a VMM that handed over its
+    /// userfaultfd), as [`ServerBuilder::monitored_process`]: the server watches it through a
+    /// pidfd (Linux 5.3) on the runtime's reactor and stops serving when it exits;
+    /// [`AsyncServer::wait_halted`] then returns "the monitored process exited". A
+    /// userfaultfd does not report its process's exit by itself.
+    ///
+    /// [`start`](Self::start) returns [`ServeError::Config`] when the process cannot be
+    /// watched (it does not exist, or pidfds are missing).
+    pub fn monitored_process(mut self, pid: libc::pid_t) -> AsyncServerBuilder {
+        self.monitored = Some(pid);
+        self
+    }
+
     /// Called with the child's userfaultfd of every `UFFD_EVENT_FORK`, as
     /// [`ServerBuilder::on_fork`].
     pub fn on_fork(mut self, f: impl Fn(Uffd) + Send + Sync + 'static) -> AsyncServerBuilder {
@@ -252,6 +280,12 @@ impl AsyncServerBuilder {
         if let Some(f) = self.on_fork {
             sync = sync.on_fork(f);
         }
+        if let Some(pid) = self.monitored {
+            sync = sync.monitored_process(pid);
+        }
+        if let Some(rate) = self.background_rate {
+            sync = sync.background_rate(rate);
+        }
         let mut sources = Vec::with_capacity(self.regions.len());
         let mut chunks = Vec::with_capacity(self.regions.len());
         for r in self.regions {
@@ -277,18 +311,24 @@ impl AsyncServerBuilder {
             let u = AsyncFd::try_new(UffdFd(Arc::clone(&shared))).map_err(|e| e.into_parts().1);
             #[allow(deprecated)]
             let s = AsyncFd::try_new(StopFd(Arc::clone(&shared))).map_err(|e| e.into_parts().1);
-            (u, s)
+            #[allow(deprecated)]
+            let p = shared.monitored.as_ref().map(|_| {
+                AsyncFd::try_new(PidFd(Arc::clone(&shared))).map_err(|e| e.into_parts().1)
+            });
+            (u, s, p.transpose())
         }));
-        let (ufd, stop_fd) = match fds {
-            Ok((Ok(u), Ok(s))) => (u, s),
+        let (ufd, stop_fd, pid_fd) = match fds {
+            Ok((Ok(u), Ok(s), Ok(p))) => (u, s, p),
             failed => {
                 if register {
                     let _ = shared.unregister_all();
                 }
                 return Err(match failed {
-                    Ok((Err(e), _)) | Ok((_, Err(e))) => ServeError::Config(format!(
-                        "cannot register the userfaultfd with the tokio reactor: {e}"
-                    )),
+                    Ok((Err(e), _, _)) | Ok((_, Err(e), _)) | Ok((_, _, Err(e))) => {
+                        ServeError::Config(format!(
+                            "cannot register the userfaultfd with the tokio reactor: {e}"
+                        ))
+                    }
                     _ => ServeError::Config(
                         "the tokio runtime has no IO driver: build it with enable_all()".into(),
                     ),
@@ -307,6 +347,9 @@ impl AsyncServerBuilder {
             handle,
         });
         ctx.spawn(reader(Arc::clone(&ctx), ufd, stop_fd));
+        if let Some(p) = pid_fd {
+            ctx.spawn(watch_process(Arc::clone(&ctx), p));
+        }
         for i in 0..self.background_fetches {
             let c = Arc::clone(&ctx);
             let (n, block) = (self.background_fetches, self.background_chunk);

@@ -52,8 +52,10 @@
 //! serves nothing (on a current-thread runtime, the server itself would wait). Touch served
 //! memory from threads of your own (or `spawn_blocking`), or from another process.
 //!
-//! Not (yet) available here, unlike the threaded server: dirty tracking, working-set
-//! recording and replay, a background rate limit, and watching another process. Linux
+//! [`background_rate`](AsyncServerBuilder::background_rate) (one budget over every background
+//! task) and [`monitored_process`](AsyncServerBuilder::monitored_process) (a pidfd watched
+//! on the reactor) work as on the threaded server. Not (yet) available here: dirty tracking,
+//! and working-set recording and replay. Linux
 //! versions are those of the threaded server: 4.3 for anonymous memory, 4.11 for shmem,
 //! hugetlbfs and events, 5.13/5.14 for `CONTINUE`, 6.6 for `POISON`.
 //!

@@ -63,6 +63,16 @@ impl AsRawFd for StopFd {
     }
 }
 
+/// The pidfd of the monitored process (`ServerBuilder::monitored_process`), as tokio's
+/// `AsyncFd` wants it; only made when the shared state has one.
+pub(super) struct PidFd(pub(super) Arc<Shared>);
+
+impl AsRawFd for PidFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.monitored.as_ref().map_or(-1, |p| p.as_raw_fd())
+    }
+}
+
 impl Ctx {
     /// Ends every task at its next await (idempotent).
     pub(super) fn stop_all(&self) {
@@ -231,6 +241,23 @@ pub(super) async fn reader(ctx: Arc<Ctx>, uffd: AsyncFd<UffdFd>, stop: AsyncFd<S
             fault(&ctx, addr, kind, rw, t0, &mut ra);
         }
         ctx.bump();
+    }
+    ctx.stop_all();
+}
+
+/// Waits for the monitored process to exit (its pidfd becomes readable), then stops serving,
+/// as a threaded handler does: the regions stay registered (they are the process's, and
+/// gone with it).
+pub(super) async fn watch_process(ctx: Arc<Ctx>, pid: AsyncFd<PidFd>) {
+    match pid.readable().await {
+        Ok(_) => ctx.s.halt("the monitored process exited".into(), false),
+        Err(e) => {
+            ctx.s.report(&ServeError::Config(format!(
+                "waiting on the monitored process's pidfd failed: {e}"
+            )));
+            ctx.s
+                .halt("waiting on the monitored process failed".into(), false);
+        }
     }
     ctx.stop_all();
 }
@@ -540,6 +567,12 @@ pub(super) async fn background(ctx: Arc<Ctx>, me: usize, of: usize, block_bytes:
                 }
                 if r.states.next_missing(lo, hi).is_none() {
                     continue;
+                }
+                if let Some(pacer) = &s.pacer {
+                    // Before claiming or taking a slot: nothing waits on this block meanwhile.
+                    let missing = r.states.missing_in(lo, hi);
+                    let start = pacer.reserve((missing * r.page_size) as u64);
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(start)).await;
                 }
                 let permit = ctx.sched.acquire(Priority::Background).await;
                 did |= fill_block(&ctx, ri, lo, hi, Path::Background).await;
