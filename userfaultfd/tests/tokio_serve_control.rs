@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_common::*;
 use userfaultfd::serve::{
     AsyncPageSource, AsyncRegion, AsyncServer, AsyncServerBuilder, FailurePolicy, PageSource,
-    Region, ServeError, SourceFuture,
+    Region, ServeError, SourceFuture, WorkingSet,
 };
 use userfaultfd::{FeatureFlags, UffdBuilder};
 
@@ -514,6 +514,19 @@ fn refused_configurations_are_typed_errors() {
                 .region(region())
                 .background_rate(0),
             "background_rate must be positive",
+        ),
+        (
+            AsyncServerBuilder::new()
+                .region(region())
+                .exact_recording(true)
+                .replay(WorkingSet::from_entries(vec![(0, 0)])),
+            "cannot be combined with replay",
+        ),
+        (
+            AsyncServerBuilder::new()
+                .region(region())
+                .replay(WorkingSet::from_entries(vec![(0, (4 * ps()) as u64)])),
+            "is not a page of a served region",
         ),
         (
             // Above any pid_max the kernel allows (2^22): there is nothing to watch.

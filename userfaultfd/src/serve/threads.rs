@@ -191,7 +191,7 @@ impl ReplayPlan {
         }
     }
 
-    fn runs(&self, s: &Shared) -> &[(usize, usize, usize)] {
+    pub(super) fn runs(&self, s: &Shared) -> &[(usize, usize, usize)] {
         self.runs.get_or_init(|| {
             let ws = &self.ws;
             let mut runs: Vec<(usize, usize, usize)> = Vec::new();

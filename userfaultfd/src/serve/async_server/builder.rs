@@ -9,6 +9,8 @@ use tokio::sync::watch;
 
 use super::super::builder::{ErrorCallback, ForkCallback, Prepared};
 use super::super::server::Server;
+use super::super::threads::ReplayPlan;
+use super::super::working_set::WorkingSet;
 use super::super::{
     FailurePolicy, ServeError, ServerBuilder, DEFAULT_BACKGROUND_CHUNK, DEFAULT_PREFETCH,
     MAX_PREFETCH,
@@ -16,7 +18,7 @@ use super::super::{
 use super::region::AsyncRegion;
 use super::sched::Scheduler;
 use super::server::AsyncServer;
-use super::tasks::{background, reader, watch_process, Ctx, PidFd, StopFd, UffdFd};
+use super::tasks::{background, reader, replay, watch_process, Ctx, PidFd, StopFd, UffdFd};
 use crate::Uffd;
 
 /// Default bound on source reads in flight at once ([`AsyncServerBuilder::max_fetches`]).
@@ -63,6 +65,9 @@ pub struct AsyncServerBuilder {
     register: bool,
     stop_when_populated: bool,
     background_rate: Option<u64>,
+    record: bool,
+    exact: bool,
+    replay: Option<WorkingSet>,
     monitored: Option<libc::pid_t>,
     on_error: Option<ErrorCallback>,
     on_fork: Option<ForkCallback>,
@@ -82,6 +87,9 @@ impl std::fmt::Debug for AsyncServerBuilder {
             .field("register", &self.register)
             .field("stop_when_populated", &self.stop_when_populated)
             .field("background_rate", &self.background_rate)
+            .field("record", &self.record)
+            .field("exact_recording", &self.exact)
+            .field("replay", &self.replay.as_ref().map(WorkingSet::len))
             .field("monitored", &self.monitored)
             .finish_non_exhaustive()
     }
@@ -112,6 +120,9 @@ impl AsyncServerBuilder {
             register: true,
             stop_when_populated: false,
             background_rate: None,
+            record: false,
+            exact: false,
+            replay: None,
             monitored: None,
             on_error: None,
             on_fork: None,
@@ -215,6 +226,42 @@ impl AsyncServerBuilder {
         self
     }
 
+    /// Record the order in which pages are first demanded, as
+    /// [`ServerBuilder::record_working_set`]: read it with [`AsyncServer::working_set`] or
+    /// [`AsyncServer::finish_recording`], save it with [`WorkingSet::save`], and replay it
+    /// with [`replay`](Self::replay). Default off.
+    pub fn record_working_set(mut self, record: bool) -> AsyncServerBuilder {
+        self.record = record;
+        self
+    }
+
+    /// Record the working set exactly (implies [`record_working_set`](Self::record_working_set)),
+    /// as [`ServerBuilder::exact_recording`]: until [`AsyncServer::finish_recording`] only the
+    /// faulting pages are fetched (no prefetch, no rest of a source chunk, no background
+    /// fill), so every page the workload touches is demanded and recorded. Cannot be combined
+    /// with [`replay`](Self::replay). Default off.
+    pub fn exact_recording(mut self, exact: bool) -> AsyncServerBuilder {
+        self.exact = exact;
+        if exact {
+            self.record = true;
+        }
+        self
+    }
+
+    /// Replay a recorded working set, as [`ServerBuilder::replay`]: as soon as the server
+    /// starts, its pages are fetched in the recorded order (an
+    /// [exact](WorkingSet::is_exact) set page runs, widened to whole source chunks when the
+    /// source has a [`chunk_size`](super::super::AsyncPageSource::chunk_size), each chunk once;
+    /// a set recorded while prefetching, each entry's prefetch chunk), as many at once as the
+    /// prefetch slots of [`max_fetches`](Self::max_fetches) allow; demand faults overtake
+    /// them, prefetch waits for them, and background fill starts once they are in.
+    /// [`AsyncServer::wait_replayed`] waits for that moment. Entries must lie inside the
+    /// regions (else [`ServeError::Config`] from [`start`](Self::start)).
+    pub fn replay(mut self, working_set: WorkingSet) -> AsyncServerBuilder {
+        self.replay = Some(working_set);
+        self
+    }
+
     /// The process whose memory is served, when it is not this one (a VMM that handed over its
     /// userfaultfd), as [`ServerBuilder::monitored_process`]: the server watches it through a
     /// pidfd (Linux 5.3) on the runtime's reactor and stops serving when it exits;
@@ -286,6 +333,12 @@ impl AsyncServerBuilder {
         if let Some(rate) = self.background_rate {
             sync = sync.background_rate(rate);
         }
+        sync = sync
+            .record_working_set(self.record)
+            .exact_recording(self.exact);
+        if let Some(ws) = self.replay {
+            sync = sync.replay(ws);
+        }
         let mut sources = Vec::with_capacity(self.regions.len());
         let mut chunks = Vec::with_capacity(self.regions.len());
         for r in self.regions {
@@ -301,6 +354,7 @@ impl AsyncServerBuilder {
             shared,
             register,
             total,
+            replay: working_set,
             ..
         } = sync.prepare(uffd)?;
         let fds = catch_unwind(AssertUnwindSafe(|| {
@@ -349,6 +403,10 @@ impl AsyncServerBuilder {
         ctx.spawn(reader(Arc::clone(&ctx), ufd, stop_fd));
         if let Some(p) = pid_fd {
             ctx.spawn(watch_process(Arc::clone(&ctx), p));
+        }
+        if let Some(ws) = working_set {
+            let plan = ReplayPlan::new(ws);
+            ctx.spawn(replay(Arc::clone(&ctx), plan));
         }
         for i in 0..self.background_fetches {
             let c = Arc::clone(&ctx);

@@ -43,6 +43,12 @@
 //!   faulting thread is left waiting.
 //! - **Synchronous sources** are served through [`BlockingSource`] (each read on tokio's
 //!   blocking pool): convert a [`Region`](super::Region) with [`AsyncRegion::from`].
+//! - **Working sets**: a recording notes each page's first demand (an
+//!   [exact](AsyncServerBuilder::exact_recording) one fetches only faulting pages until
+//!   [`finish_recording`](AsyncServer::finish_recording)); a [replay](AsyncServerBuilder::replay)
+//!   fetches the recorded pages in order, one task per run (or per source chunk, each chunk
+//!   once), with prefetch slots taken in recorded order; prefetch waits for it, and background
+//!   fill starts after it ([`wait_replayed`](AsyncServer::wait_replayed)).
 //! - **Shutdown**: [`AsyncServer::shutdown`] stops every task (each ends at its next await:
 //!   a fetch's future is dropped mid-read), waits for them, and unregisters the regions, which
 //!   releases every waiting thread; dropping the server does the same without waiting.
@@ -54,9 +60,8 @@
 //!
 //! [`background_rate`](AsyncServerBuilder::background_rate) (one budget over every background
 //! task) and [`monitored_process`](AsyncServerBuilder::monitored_process) (a pidfd watched
-//! on the reactor) work as on the threaded server. Not (yet) available here: dirty tracking,
-//! and working-set recording and replay. Linux
-//! versions are those of the threaded server: 4.3 for anonymous memory, 4.11 for shmem,
+//! on the reactor) work as on the threaded server. Not (yet) available here: dirty tracking.
+//! Linux versions are those of the threaded server: 4.3 for anonymous memory, 4.11 for shmem,
 //! hugetlbfs and events, 5.13/5.14 for `CONTINUE`, 6.6 for `POISON`.
 //!
 //! # Example

@@ -1,10 +1,12 @@
 //! The handle of a running async server: statistics, waits, shutdown.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use super::super::server::Server;
-use super::super::{ServeError, Stats};
+use super::super::shared::Status;
+use super::super::{ServeError, Stats, WorkingSet};
 use super::tasks::Ctx;
 
 /// How long [`AsyncServer::shutdown`] waits for its tasks to end before it unregisters anyway
@@ -58,6 +60,16 @@ impl AsyncServer {
     ///
     /// [`ServeError::Timeout`]; [`ServeError::Stopped`] when the server stopped first.
     pub async fn wait_populated(&self, timeout: Duration) -> Result<(), ServeError> {
+        self.wait_until(timeout, |st| st.populated).await
+    }
+
+    /// Waits on `progress` (bumped by every fetch, batch of events, stop and end of replay)
+    /// until `done` holds, the server halts or stops, or `timeout` passes.
+    async fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&Status) -> bool,
+    ) -> Result<(), ServeError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut progress = self.ctx.progress.subscribe();
         loop {
@@ -68,7 +80,7 @@ impl AsyncServer {
                     .status
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                if st.populated {
+                if done(&st) {
                     return Ok(());
                 }
                 if let Some(why) = &st.halted {
@@ -95,6 +107,38 @@ impl AsyncServer {
     /// As [`wait_populated`](Self::wait_populated).
     pub fn wait_populated_blocking(&self, timeout: Duration) -> Result<(), ServeError> {
         self.server.wait_populated(timeout)
+    }
+
+    /// Waits, at most `timeout`, until the working set given to
+    /// [`AsyncServerBuilder::replay`](super::AsyncServerBuilder::replay) is in (at once
+    /// without one), as [`Server::wait_replayed`]: a program that can hold its threads back
+    /// (a VMM its vCPUs) starts them then, and finds its working set in memory.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Timeout`]; [`ServeError::Stopped`] when the server stopped first.
+    pub async fn wait_replayed(&self, timeout: Duration) -> Result<(), ServeError> {
+        let replaying = &self.server.shared.replaying;
+        self.wait_until(timeout, |_| !replaying.load(Ordering::Acquire))
+            .await
+    }
+
+    /// The pages demanded so far, in the order they were first demanded, when the builder
+    /// asked to [`record_working_set`](super::AsyncServerBuilder::record_working_set) (empty
+    /// otherwise), as [`Server::working_set`].
+    pub fn working_set(&self) -> WorkingSet {
+        self.server.working_set()
+    }
+
+    /// Ends the recording of the working set and returns it, as
+    /// [`Server::finish_recording`]: after an
+    /// [`exact_recording`](super::AsyncServerBuilder::exact_recording), prefetch and
+    /// background fill start now.
+    pub fn finish_recording(&self) -> WorkingSet {
+        let ws = self.server.finish_recording();
+        // Background tasks held back by the recording wait on progress.
+        self.ctx.bump();
+        ws
     }
 
     /// Why the server stopped serving on its own (a source failure under

@@ -18,7 +18,7 @@ use super::super::dispatch::{Batch, Fault};
 use super::super::shared::{Path, Shared};
 use super::super::state::{CLAIMED_ZERO, MISSING, PRESENT, REMOVED};
 use super::super::stats::Counters;
-use super::super::threads::{prefetch_window, Readahead};
+use super::super::threads::{prefetch_window, Readahead, ReplayPlan};
 use super::super::{AsyncPageSource, ServeError};
 use super::sched::{Priority, Scheduler};
 use crate::{Error, EventBuffer, FaultKind, ReadWrite};
@@ -91,7 +91,8 @@ impl Ctx {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn bump(&self) {
+    /// Wakes every wait on `progress` (which re-checks its condition).
+    pub(super) fn bump(&self) {
         self.progress.send_modify(|n| *n += 1);
     }
 
@@ -284,9 +285,16 @@ fn fault(
             // With source chunks, the page and then the rest of its chunk are claimed in one
             // pass (passes over chunks are serialised), so that no other fetch takes part of
             // the chunk and reads it a second time.
+            // While recording exactly only the faulting page is served, so that every page the
+            // workload touches is demanded (and recorded).
+            let exact = s.recording_exact.load(Ordering::Acquire);
+            let chunked = chunked && !exact;
             let pass = chunked.then(|| ctx.claim_pass());
             if !r.states.claim(page, MISSING) {
                 return; // Lost a race: the winner resolves it.
+            }
+            if let Some(rec) = &s.recorder {
+                rec.record(ri, page);
             }
             let mut runs = vec![Run {
                 first: page,
@@ -298,7 +306,8 @@ fn fault(
                 claim_runs(ctx, ri, lo, hi, Path::Prefetch, &mut runs);
             }
             drop(pass);
-            let window = (s.prefetch != 0).then(|| prefetch_window(s, ri, page, ra));
+            let window =
+                (s.prefetch != 0 && !prefetch_paused(s)).then(|| prefetch_window(s, ri, page, ra));
             let c = Arc::clone(ctx);
             ctx.spawn(async move { demand(c, ri, runs, kind, rw, t0, window).await });
         }
@@ -311,6 +320,55 @@ fn fault(
         // resolves it.
         _ => {}
     }
+}
+
+/// Prefetch waits, as in the threaded server, while recording exactly (every page touched
+/// must be demanded) and while a working set is replayed from a source that is read (the
+/// replay is the better prefetch, and would share the source with it).
+fn prefetch_paused(s: &Shared) -> bool {
+    s.recording_exact.load(Ordering::Acquire)
+        || (!s.memory_sources && s.replaying.load(Ordering::Acquire))
+}
+
+// ----------------------------------------------------------------------------------------
+// Working-set replay.
+
+/// Replays a working set: its runs in recorded order (widened to whole source chunks when the
+/// source has them, each chunk once), each fetched by a task of its own that holds a prefetch
+/// slot, so that as many are in flight as non-demand slots allow and demand faults overtake
+/// them. The slots are taken in recorded order. When every run is in (or the server stops),
+/// background fill may start.
+pub(super) async fn replay(ctx: Arc<Ctx>, plan: ReplayPlan) {
+    let s = &*ctx.s;
+    // Each replay fetch holds a sender; the receiver ends when the last one is dropped.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut last = None;
+    for &(ri, start, end) in plan.runs(s) {
+        if ctx.stopped() {
+            return;
+        }
+        let (lo, hi) = ctx.widen(ri, start, end);
+        if last == Some((ri, lo, hi)) || s.regions[ri].states.next_missing(lo, hi).is_none() {
+            continue;
+        }
+        last = Some((ri, lo, hi));
+        let permit = ctx.sched.acquire(Priority::Prefetch).await;
+        let (c, done) = (Arc::clone(&ctx), done_tx.clone());
+        ctx.spawn(async move {
+            fill_block(&c, ri, lo, hi, Path::Replay).await;
+            drop(permit);
+            c.bump();
+            drop(done);
+        });
+    }
+    drop(done_tx);
+    let _ = done_rx.recv().await;
+    s.replaying.store(false, Ordering::Release);
+    {
+        let _st = s.status.lock().unwrap_or_else(PoisonError::into_inner);
+        s.changed.notify_all();
+    }
+    ctx.bump();
 }
 
 // ----------------------------------------------------------------------------------------
@@ -553,6 +611,16 @@ fn fail(
 pub(super) async fn background(ctx: Arc<Ctx>, me: usize, of: usize, block_bytes: usize) {
     let s = &*ctx.s;
     let mut progress = ctx.progress.subscribe();
+    // A working set being replayed goes first; an exact recording wants no background fill.
+    // Both end with a bump of `progress`, which wakes the wait below.
+    let held_back =
+        || s.replaying.load(Ordering::Acquire) || s.recording_exact.load(Ordering::Acquire);
+    while !ctx.stopped() && held_back() {
+        progress.borrow_and_update();
+        if held_back() && progress.changed().await.is_err() {
+            return;
+        }
+    }
     while !ctx.stopped() && s.outstanding.load(Ordering::Acquire) != 0 {
         // Progress from here on wakes the wait below.
         progress.borrow_and_update();
