@@ -19,7 +19,7 @@ use super::region::AsyncRegion;
 use super::sched::Scheduler;
 use super::server::AsyncServer;
 use super::tasks::{background, reader, replay, watch_process, Ctx, PidFd, StopFd, UffdFd};
-use crate::Uffd;
+use crate::{PageMap, Uffd};
 
 /// Default bound on source reads in flight at once ([`AsyncServerBuilder::max_fetches`]).
 pub const DEFAULT_MAX_FETCHES: usize = 64;
@@ -68,6 +68,8 @@ pub struct AsyncServerBuilder {
     record: bool,
     exact: bool,
     replay: Option<WorkingSet>,
+    track_dirty: bool,
+    pagemap: Option<PageMap>,
     monitored: Option<libc::pid_t>,
     on_error: Option<ErrorCallback>,
     on_fork: Option<ForkCallback>,
@@ -90,6 +92,7 @@ impl std::fmt::Debug for AsyncServerBuilder {
             .field("record", &self.record)
             .field("exact_recording", &self.exact)
             .field("replay", &self.replay.as_ref().map(WorkingSet::len))
+            .field("track_dirty", &self.track_dirty)
             .field("monitored", &self.monitored)
             .finish_non_exhaustive()
     }
@@ -123,6 +126,8 @@ impl AsyncServerBuilder {
             record: false,
             exact: false,
             replay: None,
+            track_dirty: false,
+            pagemap: None,
             monitored: None,
             on_error: None,
             on_fork: None,
@@ -262,6 +267,26 @@ impl AsyncServerBuilder {
         self
     }
 
+    /// Track the pages the program writes, as [`ServerBuilder::track_dirty`]: pages are
+    /// installed write-protected and [`AsyncServer::dirty_pages`] lists those written since
+    /// the start or the last call. With [`FeatureFlags::WP_ASYNC`](crate::FeatureFlags::WP_ASYNC)
+    /// on the `Uffd` (Linux 6.7) writes proceed without a fault and `PAGEMAP_SCAN` finds them;
+    /// otherwise each first write after a scan is a write-protect fault that the reader task
+    /// records and resolves at once (Linux 5.7 for anonymous memory, 5.19 for shmem and
+    /// hugetlbfs). Default off.
+    pub fn track_dirty(mut self, track: bool) -> AsyncServerBuilder {
+        self.track_dirty = track;
+        self
+    }
+
+    /// The `pagemap` file [`AsyncServer::dirty_pages`] scans with `WP_ASYNC`, as
+    /// [`ServerBuilder::pagemap`] (default `/proc/self/pagemap`; give the served process's
+    /// when its memory is not this process's).
+    pub fn pagemap(mut self, pagemap: PageMap) -> AsyncServerBuilder {
+        self.pagemap = Some(pagemap);
+        self
+    }
+
     /// The process whose memory is served, when it is not this one (a VMM that handed over its
     /// userfaultfd), as [`ServerBuilder::monitored_process`]: the server watches it through a
     /// pidfd (Linux 5.3) on the runtime's reactor and stops serving when it exits;
@@ -335,7 +360,11 @@ impl AsyncServerBuilder {
         }
         sync = sync
             .record_working_set(self.record)
-            .exact_recording(self.exact);
+            .exact_recording(self.exact)
+            .track_dirty(self.track_dirty);
+        if let Some(pm) = self.pagemap {
+            sync = sync.pagemap(pm);
+        }
         if let Some(ws) = self.replay {
             sync = sync.replay(ws);
         }

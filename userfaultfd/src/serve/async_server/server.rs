@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use super::super::server::Server;
+use super::super::server::{DirtyRange, Server};
 use super::super::shared::Status;
 use super::super::{ServeError, Stats, WorkingSet};
 use super::tasks::Ctx;
@@ -139,6 +139,21 @@ impl AsyncServer {
         // Background tasks held back by the recording wait on progress.
         self.ctx.bump();
         ws
+    }
+
+    /// The pages written since the server started or since the last call, and re-arms
+    /// tracking for them (get-and-clear), as [`Server::dirty_pages`]; needs
+    /// [`AsyncServerBuilder::track_dirty`](super::AsyncServerBuilder::track_dirty). One
+    /// `PAGEMAP_SCAN` per region with `WP_ASYNC`, else the pages the reader recorded at
+    /// write-protect faults, protected again here: system calls that do not wait on the
+    /// program, so this is a plain function (call it from a task or a thread).
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Config`] without dirty tracking; [`ServeError::Uffd`] when the scan or
+    /// the re-protection fails.
+    pub fn dirty_pages(&self) -> Result<Vec<DirtyRange>, ServeError> {
+        self.server.dirty_pages()
     }
 
     /// Why the server stopped serving on its own (a source failure under
