@@ -50,6 +50,17 @@ fn final_stats(h: &Handler, pid: libc::pid_t) -> serde_json::Value {
         .expect("final stats")
 }
 
+/// Runs one VM of `spec` through the running handler `h` to its end: the VM checks every
+/// byte, and the handler logs that it ended with the VM's process.
+fn serve_one_vm(h: &Handler, spec: &VmSpec) {
+    let mut vm = Vm::spawn(spec);
+    vm.expect_ok();
+    h.wait_line(&[
+        &format!("(pid {})", vm.pid()),
+        "ended (the monitored process exited)",
+    ]);
+}
+
 #[test]
 fn one_region_served_once_with_stats() {
     if !uffd_available() {
@@ -237,12 +248,10 @@ fn two_vms_at_once_and_one_killed_leaves_the_other_served() {
         "ended (the monitored process exited)",
     ]);
     // The handler serves the next VM as well.
-    let mut vm_c = Vm::spawn(&VmSpec::new(&sock, &mem, vec![(2 * MIB, 6 * MIB as u64)]));
-    vm_c.expect_ok();
-    h.wait_line(&[
-        &format!("(pid {})", vm_c.pid()),
-        "ended (the monitored process exited)",
-    ]);
+    serve_one_vm(
+        &h,
+        &VmSpec::new(&sock, &mem, vec![(2 * MIB, 6 * MIB as u64)]),
+    );
     h.assert_no_panic();
 }
 
@@ -307,12 +316,7 @@ fn bad_handshakes_close_their_connection_only() {
     drop(std::os::unix::net::UnixStream::connect(&sock).unwrap());
     h.wait_line(&["closed before any handshake"]);
     // The handler is still there and serves a good VM.
-    let mut vm = Vm::spawn(&VmSpec::new(&sock, &mem, vec![(4 * MIB, 0)]));
-    vm.expect_ok();
-    h.wait_line(&[
-        &format!("(pid {})", vm.pid()),
-        "ended (the monitored process exited)",
-    ]);
+    serve_one_vm(&h, &VmSpec::new(&sock, &mem, vec![(4 * MIB, 0)]));
     h.assert_no_panic();
 }
 
@@ -360,12 +364,7 @@ fn silent_connections_are_closed_after_the_handshake_timeout() {
         .count();
     assert_eq!(uffds, 0, "the handler kept the half message's userfaultfd");
     // The handler is still there and serves a good VM.
-    let mut vm = Vm::spawn(&VmSpec::new(&sock, &mem, vec![(4 * MIB, 0)]));
-    vm.expect_ok();
-    h.wait_line(&[
-        &format!("(pid {})", vm.pid()),
-        "ended (the monitored process exited)",
-    ]);
+    serve_one_vm(&h, &VmSpec::new(&sock, &mem, vec![(4 * MIB, 0)]));
     h.assert_no_panic();
 }
 

@@ -10,8 +10,8 @@ use std::thread;
 use std::time::Duration;
 
 use common::serving::{
-    anon, assert_within_rate, byte_of, hugetlb_mapping, image, image_region, touch_all, user_uffd,
-    verify,
+    anon, byte_of, check_background_rate, hugetlb_mapping, image, image_region, touch_all,
+    user_uffd, verify,
 };
 use common::{ps, TIMEOUT};
 use mmap::MemoryMapping;
@@ -153,23 +153,13 @@ fn the_background_rate_limit_holds_over_every_thread() {
         .background_rate(rate)
         .start(user_uffd())
         .unwrap();
-    let deadline = t0 + TIMEOUT;
-    let mut samples = 0;
-    loop {
-        let populated = server.wait_populated(Duration::from_millis(25)).is_ok();
-        let stats = server.stats();
-        let now = std::time::Instant::now();
-        let bytes = assert_within_rate(stats.pages_background, now, t0, rate, chunk as u64);
-        samples += 1;
-        if populated {
-            assert_eq!(bytes, (pages * page) as u64, "{stats:?}");
-            break;
-        }
-        assert!(
-            now < deadline,
-            "not populated within {TIMEOUT:?}: {stats:?}"
-        );
-    }
+    let samples = check_background_rate(
+        &|d| server.wait_populated(d).is_ok(),
+        &|| server.stats().pages_background,
+        t0,
+        (rate, chunk as u64),
+        (pages * page) as u64,
+    );
     // 8 MiB at 16 MiB/s: about half a second, so the limit was sampled while it worked.
     assert!(samples > 2, "{samples} samples");
     server.shutdown().unwrap();

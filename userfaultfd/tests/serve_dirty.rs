@@ -82,11 +82,7 @@ fn threaded_round_trip(uffd: userfaultfd::Uffd) -> Stats {
 fn async_round_trip(uffd: userfaultfd::Uffd) -> Stats {
     use userfaultfd::serve::{AsyncRegion, AsyncServerBuilder};
     let m = anon(PAGES);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::serving::two_worker_runtime();
     let server = {
         let _enter = rt.enter();
         AsyncServerBuilder::new()

@@ -71,60 +71,104 @@ fn vmm_child(sock: i32, addr: usize, pages: usize, page: usize) -> i32 {
     0
 }
 
+/// A forked "VMM" ([`vmm_child`]) of `pages` pages, and the range its memory is at, served
+/// from [`image`] by the caller through the userfaultfd [`Vmm::fork`] received.
+struct Vmm {
+    pid: libc::pid_t,
+    /// Our end of the socket: the go byte is written here.
+    sock: UnixStream,
+    /// Our copy of the mapping the child's memory is a copy of (same address).
+    guest: Map,
+    pages: usize,
+}
+
+impl Vmm {
+    fn fork(pages: usize) -> (Vmm, userfaultfd::Uffd) {
+        let page = ps();
+        // Mapped before the fork: the child's copy is the "guest memory" at a known address.
+        let guest = Map::anon(pages * page);
+        let (sock, child_sock) = UnixStream::pair().expect("socketpair");
+        let (addr, csock) = (guest.addr(), child_sock.as_raw_fd());
+        // SAFETY: the child makes only raw system calls and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = vmm_child(csock, addr, pages, page);
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        // Our copy of the child's end.
+        drop(child_sock);
+        let fd = common::recv_fd(sock.as_raw_fd()).expect("the child's uffd");
+        let uffd = userfaultfd::Uffd::try_from(fd).unwrap();
+        (
+            Vmm {
+                pid,
+                sock,
+                guest,
+                pages,
+            },
+            uffd,
+        )
+    }
+
+    /// The child's memory as a raw region served from the image.
+    fn region(&self) -> Region {
+        let page = ps();
+        let src: Arc<dyn PageSource> = Arc::new(MemorySource::new(image(self.pages, page)));
+        // SAFETY: the range is the child's memory (its copy of `guest`), which the child asked
+        // us to define; nothing in this process is written.
+        unsafe {
+            Region::from_raw_parts(
+                self.guest.addr() as *mut libc::c_void,
+                self.pages * page,
+                page,
+                src,
+            )
+        }
+    }
+
+    /// Reaps the child (bounded) and checks that it read every byte right.
+    fn reap(&self) {
+        let status = wait_child_bounded(self.pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status:#x}"
+        );
+    }
+
+    /// Lets the child touch its memory.
+    fn go(&self) {
+        // SAFETY: writes the go byte from a live buffer.
+        let sent = unsafe { libc::write(self.sock.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        assert_eq!(sent, 1);
+    }
+}
+
 #[test]
 fn serving_another_process_until_it_exits() {
-    let page = ps();
     let pages = 64;
-    // Mapped before the fork: the child's copy is the "guest memory" at a known address.
-    let guest = Map::anon(pages * page);
-    let (sock, child_sock) = UnixStream::pair().expect("socketpair");
-    let (addr, csock) = (guest.addr(), child_sock.as_raw_fd());
-    // SAFETY: the child makes only raw system calls and leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let code = vmm_child(csock, addr, pages, page);
-        // SAFETY: ends the child without running the parent's destructors.
-        unsafe { libc::_exit(code) };
-    }
-    // Our copy of the child's end.
-    drop(child_sock);
-    let fd = common::recv_fd(sock.as_raw_fd()).expect("the child's uffd");
-    let uffd = userfaultfd::Uffd::try_from(fd).unwrap();
-    let src: Arc<dyn PageSource> = Arc::new(MemorySource::new(image(pages, page)));
-    // SAFETY: the range is the child's memory (its copy of `guest`), which the child asked us
-    // to define; nothing in this process is written.
-    let region =
-        unsafe { Region::from_raw_parts(addr as *mut libc::c_void, pages * page, page, src) };
+    let (vmm, uffd) = Vmm::fork(pages);
     let server = ServerBuilder::new()
-        .region(region)
+        .region(vmm.region())
         .register(false)
         .background_threads(0)
-        .monitored_process(pid)
+        .monitored_process(vmm.pid)
         .track_dirty(true)
         .start(uffd)
         .unwrap();
-    // SAFETY: writes the go byte from a live buffer.
-    let sent = unsafe { libc::write(sock.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
-    assert_eq!(sent, 1);
+    vmm.go();
     let why = server
         .wait_halted(TIMEOUT)
         .expect("the server noticed the exit");
     assert!(why.contains("exited"), "{why}");
-    let mut status = 0;
-    // SAFETY: reaps our own child, which has exited (the server saw its pidfd).
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child status {status:#x}"
-    );
+    vmm.reap();
     // The process is gone, but the pages it wrote are the server's own record.
     let dirty = server.dirty_pages().unwrap();
-    assert_eq!(dirty_set(&dirty, page), vec![3, 7]);
+    assert_eq!(dirty_set(&dirty, ps()), vec![3, 7]);
     let stats = server.shutdown().unwrap();
     assert_eq!(stats.pages_present(), pages as u64, "{stats:?}");
     assert_eq!(stats.wp_faults, 2, "{stats:?}");
-    drop(guest);
 }
 
 /// The async server watches a "VMM" child as the threaded one does: it serves the child's
@@ -134,56 +178,26 @@ fn serving_another_process_until_it_exits() {
 fn an_async_server_serves_another_process_until_it_exits() {
     use userfaultfd::serve::{AsyncRegion, AsyncServerBuilder};
 
-    let page = ps();
     let pages = 64;
-    let guest = Map::anon(pages * page);
-    let (sock, child_sock) = UnixStream::pair().expect("socketpair");
-    let (addr, csock) = (guest.addr(), child_sock.as_raw_fd());
-    // Forked before the runtime starts its threads. SAFETY: the child makes only raw system
-    // calls and leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let code = vmm_child(csock, addr, pages, page);
-        // SAFETY: ends the child without running the parent's destructors.
-        unsafe { libc::_exit(code) };
-    }
-    drop(child_sock);
-    let fd = common::recv_fd(sock.as_raw_fd()).expect("the child's uffd");
-    let uffd = userfaultfd::Uffd::try_from(fd).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    // Forked before the runtime starts its threads.
+    let (vmm, uffd) = Vmm::fork(pages);
+    let rt = common::serving::two_worker_runtime();
     let (why, stats) = rt.block_on(async {
-        let src: Arc<dyn PageSource> = Arc::new(MemorySource::new(image(pages, page)));
-        // SAFETY: the range is the child's memory (its copy of `guest`), which the child asked
-        // us to define; nothing in this process is written.
-        let region =
-            unsafe { Region::from_raw_parts(addr as *mut libc::c_void, pages * page, page, src) };
         let server = AsyncServerBuilder::new()
-            .region(AsyncRegion::from(region))
+            .region(AsyncRegion::from(vmm.region()))
             .register(false)
             .background_fetches(0)
-            .monitored_process(pid)
+            .monitored_process(vmm.pid)
             .start(uffd)
             .unwrap();
-        // SAFETY: writes the go byte from a live buffer.
-        let sent = unsafe { libc::write(sock.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
-        assert_eq!(sent, 1);
+        vmm.go();
         let why = server.wait_halted(TIMEOUT).await;
         (why, server.shutdown().await.unwrap())
     });
-    let status = wait_child_bounded(pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "child status {status:#x}"
-    );
+    vmm.reap();
     let why = why.expect("the async server noticed the exit");
     assert!(why.contains("monitored process exited"), "{why}");
     assert_eq!(stats.pages_present(), pages as u64, "{stats:?}");
-    drop(guest);
 }
 
 #[test]

@@ -177,23 +177,45 @@ pub fn dirty_set(ranges: &[DirtyRange], page: usize) -> Vec<usize> {
     v
 }
 
-/// Checks the background rate limit's promise on one sample of the statistics: the bytes
-/// background fill has copied by `sampled_at` are at most `rate` bytes per second since
-/// `t0` (taken before the server started, so before its first reservation) plus `slack`
-/// (one copy). Returns the bytes.
-pub fn assert_within_rate(
-    pages_background: u64,
-    sampled_at: std::time::Instant,
+/// Samples a server's background fill until `populated` (a bounded wait of the server's,
+/// given how long to wait) says every page is present, and checks the rate limit's promise at
+/// each sample: the bytes `pages_background` reports are at most `rate` bytes per second since
+/// `t0` (taken before the server started, so before its first reservation) plus `slack` (one
+/// copy). In the end they must be `total` bytes; fails after [`TIMEOUT`]. Returns the number
+/// of samples.
+pub fn check_background_rate(
+    populated: &dyn Fn(std::time::Duration) -> bool,
+    pages_background: &dyn Fn() -> u64,
     t0: std::time::Instant,
-    rate: u64,
-    slack: u64,
-) -> u64 {
-    let bytes = pages_background * ps() as u64;
-    let allowed = (rate as f64 * (sampled_at - t0).as_secs_f64()) as u64 + slack;
-    assert!(
-        bytes <= allowed,
-        "background fill copied {bytes} bytes in {:?}, over {rate} B/s (+{slack})",
-        sampled_at - t0
-    );
-    bytes
+    (rate, slack): (u64, u64),
+    total: u64,
+) -> usize {
+    let mut samples = 0;
+    loop {
+        let done = populated(std::time::Duration::from_millis(25));
+        let bytes = pages_background() * ps() as u64;
+        let now = std::time::Instant::now();
+        let allowed = (rate as f64 * (now - t0).as_secs_f64()) as u64 + slack;
+        assert!(
+            bytes <= allowed,
+            "background fill copied {bytes} bytes in {:?}, over {rate} B/s (+{slack})",
+            now - t0
+        );
+        samples += 1;
+        if done {
+            assert_eq!(bytes, total, "after {samples} samples");
+            return samples;
+        }
+        assert!(now - t0 < TIMEOUT, "not populated within {TIMEOUT:?}");
+    }
+}
+
+/// A multi-threaded tokio runtime of two workers with every driver, for the async server's
+/// tests that touch served memory from the test thread (never a worker of this runtime).
+pub fn two_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }

@@ -13,7 +13,7 @@ use crate::common::ps;
 
 #[allow(unused_imports)] // each tokio test uses some of them
 pub use crate::common::serving::{
-    anon, assert_within_rate, byte_of, hugetlb_mapping, image, touch_all, touch_all_from,
+    anon, byte_of, check_background_rate, hugetlb_mapping, image, touch_all, touch_all_from,
     user_uffd, user_uffd_with, verify,
 };
 
