@@ -128,6 +128,30 @@ impl Shared {
         self.stop.load(Ordering::Acquire)
     }
 
+    /// Whether prefetch waits: while recording exactly (every page touched must be demanded),
+    /// and while a working set is replayed from a source that is read, not memory (the replay
+    /// is the better prefetch there, and chunks read around faults would take the source's
+    /// bandwidth from it).
+    pub(super) fn prefetch_paused(&self) -> bool {
+        self.recording_exact.load(Ordering::Acquire)
+            || (!self.memory_sources && self.replaying.load(Ordering::Acquire))
+    }
+
+    /// Whether background fill waits: a working set being replayed goes first, and an exact
+    /// recording wants no background fill. Both end with [`replay_done`](Self::replay_done)
+    /// or `finish_recording`, which wake the waiters.
+    pub(super) fn background_held_back(&self) -> bool {
+        self.replaying.load(Ordering::Acquire) || self.recording_exact.load(Ordering::Acquire)
+    }
+
+    /// The working set is in: background fill may start (threads waiting on the status
+    /// condition are woken; the async server also bumps its progress).
+    pub(super) fn replay_done(&self) {
+        self.replaying.store(false, Ordering::Release);
+        let _st = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        self.changed.notify_all();
+    }
+
     pub(super) fn request_stop(&self) {
         self.stop.store(true, Ordering::Release);
         let one: u64 = 1;

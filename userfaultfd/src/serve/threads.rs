@@ -253,22 +253,14 @@ pub(super) fn replay_loop(s: &Shared, plan: &ReplayPlan, ready: &dyn Fn()) {
         fill_missing(s, ri, start, end, Path::Replay, &mut bounce);
     }
     if s.replayers.fetch_sub(1, Ordering::AcqRel) == 1 {
-        s.replaying.store(false, Ordering::Release);
-        let _st = s.status.lock().unwrap_or_else(PoisonError::into_inner);
-        s.changed.notify_all();
+        s.replay_done();
     }
 }
 
 /// Copies the missing pages of the prefetch window around a fault at `addr`, unless prefetch is
 /// off or paused.
 fn prefetch(s: &Shared, addr: usize, ra: &mut Readahead, bounce: &mut [u8]) {
-    // Paused while recording exactly: every page touched must be demanded. Paused while
-    // replaying from a source that is read (not memory), too: the replay is the better
-    // prefetch there, and chunks read around faults would take the source's bandwidth from it.
-    if s.prefetch == 0
-        || s.recording_exact.load(Ordering::Acquire)
-        || (!s.memory_sources && s.replaying.load(Ordering::Acquire))
-    {
+    if s.prefetch == 0 || s.prefetch_paused() {
         return;
     }
     let Some((ri, page)) = s.region_of(addr) else {
@@ -320,10 +312,7 @@ pub(super) fn background_loop(s: &Shared, me: usize, of: usize, ready: &dyn Fn()
     // behind a large read of a slow source.
     let mut step_pages = 0;
     // A working set being replayed goes first; an exact recording wants no background fill.
-    let wait = || {
-        (s.replaying.load(Ordering::Acquire) || s.recording_exact.load(Ordering::Acquire))
-            && !s.stopping()
-    };
+    let wait = || s.background_held_back() && !s.stopping();
     while wait() {
         let st = s.status.lock().unwrap_or_else(PoisonError::into_inner);
         if wait() {

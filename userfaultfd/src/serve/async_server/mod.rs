@@ -61,8 +61,9 @@
 //! [`background_rate`](AsyncServerBuilder::background_rate) (one budget over every background
 //! task) and [`monitored_process`](AsyncServerBuilder::monitored_process) (a pidfd watched
 //! on the reactor) and dirty tracking ([`track_dirty`](AsyncServerBuilder::track_dirty),
-//! [`dirty_pages`](AsyncServer::dirty_pages)) work as on the threaded server. Linux versions are those of the threaded server: 4.3 for anonymous memory, 4.11 for shmem,
-//! hugetlbfs and events, 5.13/5.14 for `CONTINUE`, 6.6 for `POISON`.
+//! [`dirty_pages`](AsyncServer::dirty_pages)) work as on the threaded server. Linux versions
+//! are those of the threaded server: 4.3 for anonymous memory, 4.11 for shmem, hugetlbfs and
+//! events, 5.13/5.14 for `CONTINUE`, 6.6 for `POISON`.
 //!
 //! # Example
 //!

@@ -250,16 +250,11 @@ pub(super) async fn reader(ctx: Arc<Ctx>, uffd: AsyncFd<UffdFd>, stop: AsyncFd<S
 /// as a threaded handler does: the regions stay registered (they are the process's, and
 /// gone with it).
 pub(super) async fn watch_process(ctx: Arc<Ctx>, pid: AsyncFd<PidFd>) {
-    match pid.readable().await {
-        Ok(_) => ctx.s.halt("the monitored process exited".into(), false),
-        Err(e) => {
-            ctx.s.report(&ServeError::Config(format!(
-                "waiting on the monitored process's pidfd failed: {e}"
-            )));
-            ctx.s
-                .halt("waiting on the monitored process failed".into(), false);
-        }
-    }
+    let why = match pid.readable().await {
+        Ok(_) => "the monitored process exited".to_string(),
+        Err(e) => format!("waiting on the monitored process failed: {e}"),
+    };
+    ctx.s.halt(why, false);
     ctx.stop_all();
 }
 
@@ -307,7 +302,7 @@ fn fault(
             }
             drop(pass);
             let window =
-                (s.prefetch != 0 && !prefetch_paused(s)).then(|| prefetch_window(s, ri, page, ra));
+                (s.prefetch != 0 && !s.prefetch_paused()).then(|| prefetch_window(s, ri, page, ra));
             let c = Arc::clone(ctx);
             ctx.spawn(async move { demand(c, ri, runs, kind, rw, t0, window).await });
         }
@@ -320,14 +315,6 @@ fn fault(
         // resolves it.
         _ => {}
     }
-}
-
-/// Prefetch waits, as in the threaded server, while recording exactly (every page touched
-/// must be demanded) and while a working set is replayed from a source that is read (the
-/// replay is the better prefetch, and would share the source with it).
-fn prefetch_paused(s: &Shared) -> bool {
-    s.recording_exact.load(Ordering::Acquire)
-        || (!s.memory_sources && s.replaying.load(Ordering::Acquire))
 }
 
 // ----------------------------------------------------------------------------------------
@@ -363,11 +350,7 @@ pub(super) async fn replay(ctx: Arc<Ctx>, plan: ReplayPlan) {
     }
     drop(done_tx);
     let _ = done_rx.recv().await;
-    s.replaying.store(false, Ordering::Release);
-    {
-        let _st = s.status.lock().unwrap_or_else(PoisonError::into_inner);
-        s.changed.notify_all();
-    }
+    s.replay_done();
     ctx.bump();
 }
 
@@ -611,13 +594,10 @@ fn fail(
 pub(super) async fn background(ctx: Arc<Ctx>, me: usize, of: usize, block_bytes: usize) {
     let s = &*ctx.s;
     let mut progress = ctx.progress.subscribe();
-    // A working set being replayed goes first; an exact recording wants no background fill.
-    // Both end with a bump of `progress`, which wakes the wait below.
-    let held_back =
-        || s.replaying.load(Ordering::Acquire) || s.recording_exact.load(Ordering::Acquire);
-    while !ctx.stopped() && held_back() {
+    // Held back by a replay or an exact recording, whose ends bump `progress`.
+    while !ctx.stopped() && s.background_held_back() {
         progress.borrow_and_update();
-        if held_back() && progress.changed().await.is_err() {
+        if s.background_held_back() && progress.changed().await.is_err() {
             return;
         }
     }
