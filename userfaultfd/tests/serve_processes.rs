@@ -71,6 +71,17 @@ fn vmm_child(sock: i32, addr: usize, pages: usize, page: usize) -> i32 {
     0
 }
 
+/// Held by [`a_forked_child_is_served_through_on_fork`] while its `EVENT_FORK` server runs, and
+/// by every other fork of this test binary: the kernel reports a fork by *any* thread of the
+/// process to that server, whose callback would then serve a child that is not its test's.
+static FORKS: Mutex<()> = Mutex::new(());
+
+fn fork_lock() -> std::sync::MutexGuard<'static, ()> {
+    FORKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A forked "VMM" ([`vmm_child`]) of `pages` pages, and the range its memory is at, served
 /// from [`image`] by the caller through the userfaultfd [`Vmm::fork`] received.
 struct Vmm {
@@ -89,6 +100,7 @@ impl Vmm {
         let guest = Map::anon(pages * page);
         let (sock, child_sock) = UnixStream::pair().expect("socketpair");
         let (addr, csock) = (guest.addr(), child_sock.as_raw_fd());
+        let forking = fork_lock();
         // SAFETY: the child makes only raw system calls and leaves with _exit.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
@@ -97,6 +109,7 @@ impl Vmm {
             // SAFETY: ends the child without running the parent's destructors.
             unsafe { libc::_exit(code) };
         }
+        drop(forking);
         // Our copy of the child's end.
         drop(child_sock);
         let fd = common::recv_fd(sock.as_raw_fd()).expect("the child's uffd");
@@ -220,6 +233,8 @@ fn a_forked_child_is_served_through_on_fork() {
     };
     let m = anon(pages);
     let src: Arc<dyn PageSource> = Arc::new(MemorySource::new(image(pages, page)));
+    // No other test of this binary forks while the EVENT_FORK server runs.
+    let _forks = fork_lock();
     let children: Arc<Mutex<Vec<Server>>> = Arc::new(Mutex::new(Vec::new()));
     let (addr, len) = (m.as_ptr() as usize, pages * page);
     let server = {
