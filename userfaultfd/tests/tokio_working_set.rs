@@ -34,6 +34,10 @@ async fn an_exact_recording_serves_and_records_only_the_faulting_pages() {
         let got = touch(&m, p).recv_timeout(TIMEOUT).expect("fault served");
         assert_eq!(got, byte_of(p));
     }
+    // A woken thread can read its page before the server has counted it: wait for the count.
+    common::wait_until("the last page to be counted", || {
+        server.stats().pages_present() >= order.len() as u64
+    });
     let stats = server.stats();
     assert_eq!(stats.pages_present(), order.len() as u64, "{stats:?}");
     assert_eq!(
